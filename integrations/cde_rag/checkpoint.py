@@ -1,0 +1,271 @@
+"""Find, validate and read a cde-small-v2 checkpoint, from the hub or a local folder.
+
+Only what the engine needs is fetched: the contextual config, the weights, the optional
+`random_strings.txt`, and the backbone's config and tokenizer (never the backbone's weights,
+which the contextual checkpoint already contains twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+BACKBONE_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+RANDOM_STRINGS_FILE = "random_strings.txt"
+_SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+OFFLINE_HINT = (
+    "If this machine cannot reach the Hugging Face hub, download the checkpoint elsewhere "
+    "(`huggingface-cli download jxm/cde-small-v2` and the backbone `answerdotai/ModernBERT-base`, "
+    "config and tokenizer only), copy the hub cache here and set HF_HUB_OFFLINE=1, or pass a local "
+    "checkpoint folder instead of a hub id."
+)
+
+
+@dataclass(frozen=True)
+class ContextualConfig:
+    """The keys of the contextual `config.json` that change what the model computes."""
+
+    embedder: str
+    corpus_size: int
+    pool_ignore_contextual_tokens: bool = True
+    pool_ignore_instruction_tokens: bool = False
+    limit_layers: int | None = None
+    limit_layers_first_stage: int | None = None
+    max_seq_length: int = 512
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str) -> ContextualConfig:
+        def fail(why: str) -> CheckpointError:
+            return CheckpointError(f"{source}: {why}")
+
+        if raw.get("autoregressive_backbone"):
+            raise fail(
+                "autoregressive_backbone=true is not supported: cde-rag runs the ModernBERT "
+                "(bidirectional) cde-small-v2 family only. Use jxm/cde-small-v2 or a fine-tune."
+            )
+        tokens_per_doc = raw.get("transductive_tokens_per_document", 1)
+        if tokens_per_doc != 1:
+            raise fail(
+                f"transductive_tokens_per_document={tokens_per_doc} is not supported (only 1 is, "
+                "as in cde-small-v2)."
+            )
+        pooling = raw.get("pooling_strategy", "mean")
+        if pooling != "mean":
+            raise fail(f"pooling_strategy={pooling!r} is not supported (only 'mean' is).")
+        if not raw.get("embedder"):
+            raise fail("'embedder' is missing: it must name the backbone (hub id or folder).")
+        corpus_size = raw.get("transductive_corpus_size")
+        if not isinstance(corpus_size, int) or corpus_size < 1:
+            raise fail(
+                f"'transductive_corpus_size' must be a positive integer, got {corpus_size!r}."
+            )
+        for key in ("limit_layers", "limit_layers_first_stage"):
+            value = raw.get(key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise fail(f"{key!r} must be a positive integer or null, got {value!r}.")
+        return cls(
+            embedder=str(raw["embedder"]),
+            corpus_size=corpus_size,
+            pool_ignore_contextual_tokens=bool(raw.get("pool_ignore_contextual_tokens", True)),
+            pool_ignore_instruction_tokens=bool(raw.get("pool_ignore_instruction_tokens", False)),
+            limit_layers=raw.get("limit_layers"),
+            limit_layers_first_stage=raw.get("limit_layers_first_stage"),
+            max_seq_length=int(raw.get("max_seq_length") or 512),
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """Local paths of everything the engine reads, wherever the checkpoint came from."""
+
+    name: str
+    revision: str | None
+    config: ContextualConfig
+    weights_path: Path
+    backbone_dir: Path
+    random_strings_path: Path | None
+
+    def weights_sha256(self) -> str:
+        """Content hash of the weights, cheap when the hub cache already names blobs by it."""
+        real = self.weights_path.resolve()
+        if _SHA256_NAME.match(real.name) and real.parent.name == "blobs":
+            return real.name
+        digest = hashlib.sha256()
+        with open(real, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> ResolvedCheckpoint:
+    """Locate a checkpoint's files, downloading from the hub only when given a hub id."""
+    name = os.fspath(name_or_path)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return _resolve_local(local, name)
+    if local.exists():
+        raise CheckpointError(f"{name} is a file; pass the checkpoint *folder* (with config.json).")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
+        raise CheckpointError(
+            f"Checkpoint folder {name!r} does not exist. Pass an existing folder with config.json "
+            "and model.safetensors, or a hub id such as 'jxm/cde-small-v2'."
+        )
+    return _resolve_hub(name, revision=revision, cache_dir=cache_dir, token=token)
+
+
+def _read_config(path: Path, source: str) -> ContextualConfig:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{source} has no config.json; is it a cde-small-v2 checkpoint folder?"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{source}/config.json is not readable JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{source}/config.json must hold a JSON object.")
+    return ContextualConfig.from_dict(raw, source)
+
+
+def _resolve_local(folder: Path, name: str) -> ResolvedCheckpoint:
+    config = _read_config(folder / "config.json", name)
+    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+    if weights is None:
+        raise CheckpointError(
+            f"{name} has no weights: expected one of {', '.join(WEIGHT_FILES)} in that folder."
+        )
+    random_strings = folder / RANDOM_STRINGS_FILE
+    backbone_dir = _resolve_backbone(config.embedder, base=folder, revision=None)
+    return ResolvedCheckpoint(
+        name=name,
+        revision=None,
+        config=config,
+        weights_path=weights,
+        backbone_dir=backbone_dir,
+        random_strings_path=random_strings if random_strings.is_file() else None,
+    )
+
+
+def _resolve_hub(
+    repo_id: str,
+    *,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    token: str | bool | None,
+) -> ResolvedCheckpoint:
+    def fetch(filename: str, required: bool = True) -> Path | None:
+        return _hub_file(repo_id, filename, revision, cache_dir, token, required)
+
+    config_path = fetch("config.json")
+    assert config_path is not None
+    config = _read_config(config_path, repo_id)
+    weights = None
+    for filename in WEIGHT_FILES:
+        weights = fetch(filename, required=False)
+        if weights is not None:
+            break
+    if weights is None:
+        raise CheckpointError(
+            f"{repo_id} has no weights file ({' or '.join(WEIGHT_FILES)}) on the hub or in the "
+            f"local cache. {OFFLINE_HINT}"
+        )
+    backbone_dir = _resolve_backbone(
+        config.embedder, base=config_path.parent, revision=None, cache_dir=cache_dir, token=token
+    )
+    return ResolvedCheckpoint(
+        name=repo_id,
+        revision=revision,
+        config=config,
+        weights_path=weights,
+        backbone_dir=backbone_dir,
+        random_strings_path=fetch(RANDOM_STRINGS_FILE, required=False),
+    )
+
+
+def _resolve_backbone(
+    embedder: str,
+    *,
+    base: Path,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """The backbone folder: relative to the checkpoint, an absolute folder, or a hub id."""
+    for candidate in (base / embedder, Path(embedder).expanduser()):
+        if candidate.is_dir():
+            if not (candidate / "config.json").is_file():
+                raise CheckpointError(f"Backbone folder {candidate} has no config.json.")
+            return candidate
+    config_path = _hub_file(embedder, "config.json", revision, cache_dir, token, required=True)
+    assert config_path is not None
+    for filename in BACKBONE_FILES[1:]:
+        _hub_file(embedder, filename, revision, cache_dir, token, required=False)
+    return config_path.parent
+
+
+def _hub_file(
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    token: str | bool | None,
+    required: bool,
+) -> Path | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(
+            hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token)
+        )
+    except (EntryNotFoundError, LocalEntryNotFoundError) as exc:
+        # Offline, a file absent from the cache looks the same as a file absent from the repo.
+        if not required:
+            return None
+        raise CheckpointError(
+            f"Could not get {filename} of {repo_id!r} (revision {revision or 'main'}): "
+            f"{type(exc).__name__}. {OFFLINE_HINT}"
+        ) from exc
+    except HFValidationError as exc:
+        raise CheckpointError(
+            f"{repo_id!r} is neither an existing folder nor a valid hub id ({exc})."
+        ) from exc
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise CheckpointError(
+            f"{repo_id!r} (revision {revision or 'main'}) was not found on the hub: check the "
+            "name and revision, or log in (`huggingface-cli login`) for a private repo."
+        ) from exc
+    except OSError as exc:  # connection errors are OSErrors too
+        if not required:
+            return None
+        raise CheckpointError(
+            f"Could not download {filename} of {repo_id!r}: {exc}. {OFFLINE_HINT}"
+        ) from exc

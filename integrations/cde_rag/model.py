@@ -1,0 +1,528 @@
+"""`CDEModel`: load cde-small-v2 once, fit corpus contexts, embed documents and queries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import ModernBertConfig
+
+from .checkpoint import ResolvedCheckpoint, resolve_checkpoint
+from .context import (
+    DEFAULT_SEED,
+    CorpusContext,
+    model_mismatch_message,
+    sample_minicorpus,
+)
+from .errors import CheckpointError, ContextError, ContextMismatchError, InputError, NotFittedError
+from .modeling import (
+    FIRST_STAGE,
+    SECOND_STAGE,
+    FirstStage,
+    SecondStage,
+    backbone_config,
+    check_keys,
+    load_stage,
+)
+from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX, TextEncoder, length_sorted_batches
+
+InputType = Literal["document", "query"]
+DTypeLike = str | torch.dtype | None
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+# Lists at least this long show a progress bar unless the caller says otherwise.
+PROGRESS_MIN_TEXTS = 64
+FALLBACK_ALPHABET = "abcdefghijklmnopqrstuvwxyz     "
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: DTypeLike) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(
+            f"Unknown dtype {dtype!r}: use 'float32' (exact, the default) or 'bfloat16' (fast)."
+        ) from None
+
+
+def check_texts(texts: object, what: str = "texts") -> list[str]:
+    """Validate caller input early, naming the first bad item."""
+    if texts is None:
+        raise InputError(f"{what} is None; pass a list of strings.")
+    if isinstance(texts, (str, bytes)):
+        raise InputError(
+            f"{what} must be a list of strings, not one {type(texts).__name__}: wrap it as [text]."
+        )
+    if not isinstance(texts, Iterable):
+        raise InputError(f"{what} must be a list of strings, got {type(texts).__name__}.")
+    items = list(texts)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InputError(
+                f"{what}[{i}] is {type(item).__name__}, not str. Convert or drop non-text items "
+                "before embedding (e.g. LangChain Documents: use doc.page_content)."
+            )
+    return items
+
+
+class CDEModel:
+    """cde-small-v2 running natively on `transformers.ModernBertModel`, no remote code.
+
+    Use one instance per process and share it: it is thread-safe for embedding, and the
+    adapters accept an existing instance.
+    """
+
+    def __init__(
+        self,
+        checkpoint: ResolvedCheckpoint,
+        *,
+        device: str | torch.device | None = None,
+        dtype: DTypeLike = None,
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+    ):
+        self.checkpoint = checkpoint
+        self.config = checkpoint.config
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = resolve_dtype(dtype)
+        self.batch_size = _positive(batch_size, "batch_size")
+        self.show_progress = show_progress
+        self._first_stage_lock = threading.Lock()
+        try:
+            base = ModernBertConfig.from_pretrained(str(checkpoint.backbone_dir))
+        except Exception as exc:
+            raise CheckpointError(
+                f"Backbone config in {checkpoint.backbone_dir} is unusable: {exc}"
+            ) from exc
+        self._first_config = backbone_config(base, self.config.limit_layers_first_stage)
+        second_config = backbone_config(base, self.config.limit_layers)
+        self.encoder = TextEncoder(checkpoint.backbone_dir, max_length=self.config.max_seq_length)
+
+        second_weights, first_shapes = self._read_weights(SECOND_STAGE)
+        second = SecondStage(
+            second_config,
+            second_weights,
+            pool_ignore_contextual_tokens=self.config.pool_ignore_contextual_tokens,
+        )
+        self.second_stage = load_stage(
+            second,
+            second_weights,
+            SECOND_STAGE,
+            device=self.device,
+            dtype=self.dtype,
+            limit_layers=self.config.limit_layers,
+        )
+        self._check_first_stage_keys(first_shapes)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str] = "jxm/cde-small-v2",
+        *,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: DTypeLike = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+    ) -> CDEModel:
+        """Load from a hub id or a local checkpoint folder (see `cde-spec.md` for the layout)."""
+        checkpoint = resolve_checkpoint(
+            name_or_path, revision=revision, cache_dir=cache_dir, token=token
+        )
+        return cls(
+            checkpoint,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+
+    # -- identity ------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    @property
+    def corpus_size(self) -> int:
+        """N: how many minicorpus documents a context holds (512 for cde-small-v2)."""
+        return self.config.corpus_size
+
+    @property
+    def dim(self) -> int:
+        return self.second_stage.output_projection[2].out_features
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_seq_length
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Identifies weights, configs and tokenizer: what a context must agree with."""
+        digest = hashlib.sha256(b"cde-rag-model/1\n")
+        digest.update(self.checkpoint.weights_sha256().encode())
+        digest.update(json.dumps(self.config.raw, sort_keys=True).encode())
+        for filename in ("config.json", "tokenizer.json"):
+            path = self.checkpoint.backbone_dir / filename
+            if path.is_file():
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()[:32]
+
+    def __repr__(self) -> str:
+        return (
+            f"CDEModel({self.name!r}, corpus_size={self.corpus_size}, dim={self.dim}, "
+            f"device={self.device}, dtype={str(self.dtype).removeprefix('torch.')})"
+        )
+
+    # -- contexts ------------------------------------------------------------------------------
+
+    def fit_context(
+        self,
+        corpus: Sequence[str],
+        seed: int = DEFAULT_SEED,
+        *,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> CorpusContext:
+        """Sample N documents of `corpus` (the spec's rule) and embed them as the context."""
+        corpus = check_texts(corpus, "corpus")
+        minicorpus = sample_minicorpus(corpus, self.corpus_size, seed)
+        embeddings = self._dataset_embeddings(minicorpus, batch_size, show_progress)
+        return self._new_context(
+            embeddings, "fitted", minicorpus, seed=seed, source_size=len(corpus)
+        )
+
+    def context(
+        self,
+        minicorpus: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> CorpusContext:
+        """A context from exactly N documents, used in the given order."""
+        minicorpus = check_texts(minicorpus, "minicorpus")
+        if len(minicorpus) != self.corpus_size:
+            raise ContextError(
+                f"model.context() needs exactly {self.corpus_size} documents (the model's corpus "
+                f"size), got {len(minicorpus)}. Use model.fit_context(corpus) to sample them from "
+                "a corpus of any size."
+            )
+        embeddings = self._dataset_embeddings(minicorpus, batch_size, show_progress)
+        return self._new_context(embeddings, "explicit", minicorpus)
+
+    def fallback_context(
+        self, *, batch_size: int | None = None, show_progress: bool | None = None
+    ) -> CorpusContext:
+        """The model card's no-corpus fallback: a context of random strings."""
+        strings = self.random_strings()
+        minicorpus = sample_minicorpus(strings, self.corpus_size, DEFAULT_SEED)
+        embeddings = self._dataset_embeddings(minicorpus, batch_size, show_progress)
+        return self._new_context(
+            embeddings, "fallback", minicorpus, seed=DEFAULT_SEED, source_size=len(strings)
+        )
+
+    def context_from_embeddings(self, embeddings: np.ndarray) -> CorpusContext:
+        """Wrap first-stage embeddings computed elsewhere (N rows of this model's width)."""
+        array = np.asarray(embeddings, dtype=np.float32)
+        if array.shape != (self.corpus_size, self.dim):
+            raise ContextError(
+                f"Dataset embeddings must have shape ({self.corpus_size}, {self.dim}) for this "
+                f"model, got {array.shape}."
+            )
+        return self._new_context(array, "embeddings", None)
+
+    def random_strings(self) -> list[str]:
+        """The checkpoint's `random_strings.txt`, or deterministic random strings without one."""
+        path = self.checkpoint.random_strings_path
+        if path is not None:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            lines = [line for line in lines if line]
+            if lines:
+                return lines
+        rng = np.random.default_rng(0)
+        letters = np.array(list(FALLBACK_ALPHABET))
+        return [
+            "".join(rng.choice(letters, size=int(rng.integers(32, 256))))
+            for _ in range(self.corpus_size)
+        ]
+
+    def check_context(self, context: CorpusContext | None) -> CorpusContext:
+        """Refuse a missing context, or one made by another model."""
+        if context is None:
+            raise NotFittedError(
+                "No corpus context given. Fit one on your documents (model.fit_context(corpus)), "
+                "load a saved one (CorpusContext.load(path)), or opt in to the no-corpus fallback "
+                "explicitly (model.fallback_context())."
+            )
+        if not isinstance(context, CorpusContext):
+            raise ContextError(f"context must be a CorpusContext, got {type(context).__name__}.")
+        if context.model_fingerprint != self.fingerprint:
+            raise ContextMismatchError(
+                model_mismatch_message(
+                    context.model_name, context.model_fingerprint, self.name, self.fingerprint
+                )
+            )
+        if context.embeddings.shape != (self.corpus_size, self.dim):
+            raise ContextError(
+                f"Context has shape {context.embeddings.shape}, this model needs "
+                f"({self.corpus_size}, {self.dim})."
+            )
+        return context
+
+    def _new_context(
+        self,
+        embeddings: np.ndarray,
+        kind: str,
+        minicorpus: Sequence[str] | None,
+        *,
+        seed: int | None = None,
+        source_size: int | None = None,
+    ) -> CorpusContext:
+        return CorpusContext(
+            embeddings=embeddings,
+            model_name=self.name,
+            model_fingerprint=self.fingerprint,
+            kind=kind,  # type: ignore[arg-type]
+            minicorpus=tuple(minicorpus) if minicorpus is not None else None,
+            seed=seed,
+            source_size=source_size,
+        )
+
+    # -- embedding -----------------------------------------------------------------------------
+
+    def embed_documents(
+        self,
+        texts: Sequence[str],
+        *,
+        context: CorpusContext | None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """L2-normalised float32 (n, dim) embeddings of documents, in input order."""
+        return self.embed(
+            texts,
+            context=context,
+            input_type="document",
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+
+    def embed_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        context: CorpusContext | None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """L2-normalised float32 (n, dim) embeddings of queries, in input order."""
+        return self.embed(
+            texts,
+            context=context,
+            input_type="query",
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        context: CorpusContext | None,
+        input_type: InputType = "document",
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        texts = check_texts(texts)
+        context = self.check_context(context)
+        prefix = _prefix(input_type)
+        token_ids = self.encoder.encode(texts, prefix)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        stage = self.second_stage
+        prefix_rows = torch.tensor(context.embeddings, device=self.device, dtype=self.dtype)
+        with torch.inference_mode():
+            ctx_prefix = stage.prefix(prefix_rows)
+            for batch in self._batches(
+                token_ids, batch_size, show_progress, f"Embedding {input_type}s"
+            ):
+                ids = batch.input_ids.to(self.device)
+                mask = batch.attention_mask.to(self.device)
+                vectors = stage(ids, mask, ctx_prefix, self._pool_mask(ids, mask))
+                out[batch.indices] = vectors.float().cpu().numpy()
+        return out
+
+    def count_tokens(self, texts: Sequence[str], input_type: InputType = "document") -> list[int]:
+        """Tokens each text takes after prefixing and truncation, special tokens included."""
+        return self.encoder.count_tokens(check_texts(texts), _prefix(input_type))
+
+    def _pool_mask(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Which document positions are pooled: all real tokens, minus the prefix words when
+        `pool_ignore_instruction_tokens` is set (up to and including the first colon after 0)."""
+        if not self.config.pool_ignore_instruction_tokens or self.encoder.colon_id is None:
+            return mask
+        is_colon = (ids == self.encoder.colon_id) & mask.bool()
+        is_colon[:, 0] = False
+        has_colon = is_colon.any(dim=1)
+        first = torch.where(
+            has_colon,
+            is_colon.int().argmax(dim=1),
+            torch.full_like(has_colon, -1, dtype=torch.long),
+        )
+        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        return mask * (positions > first.unsqueeze(1)).to(mask.dtype)
+
+    # -- first stage ---------------------------------------------------------------------------
+
+    def _dataset_embeddings(
+        self, minicorpus: Sequence[str], batch_size: int | None, show_progress: bool | None
+    ) -> np.ndarray:
+        token_ids = self.encoder.encode(minicorpus, DOCUMENT_PREFIX)
+        out = np.zeros(
+            (len(minicorpus), self.second_stage.backbone.config.hidden_size), dtype=np.float32
+        )
+        # The first stage is needed only while fitting; load it for the fit and let it go after.
+        with self._first_stage_lock:
+            stage = self._load_first_stage()
+            try:
+                with torch.inference_mode():
+                    for batch in self._batches(
+                        token_ids, batch_size, show_progress, "Fitting context"
+                    ):
+                        vectors = stage(
+                            batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+                        )
+                        out[batch.indices] = vectors.float().cpu().numpy()
+            finally:
+                del stage
+        return out
+
+    def _read_weights(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The tensors under `prefix`, and shape-only (meta) stand-ins for every other key."""
+        path = self.checkpoint.weights_path
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as fh:
+                    tensors = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}  # noqa: SIM118
+                    others = {
+                        k: torch.empty(fh.get_slice(k).get_shape(), device="meta")
+                        for k in fh.keys()  # noqa: SIM118
+                        if not k.startswith(prefix)
+                    }
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                tensors = {k: v for k, v in state.items() if k.startswith(prefix)}
+                others = {k: v.to("meta") for k, v in state.items() if not k.startswith(prefix)}
+        except Exception as exc:
+            raise CheckpointError(f"Could not read weights {path}: {exc}") from exc
+        return tensors, others
+
+    def _check_first_stage_keys(self, shapes: dict[str, torch.Tensor]) -> None:
+        """Fail at load time, not at the first fit, when the first stage's weights are wrong."""
+        stray = sorted(k for k in shapes if not k.startswith(FIRST_STAGE))
+        if stray:
+            raise CheckpointError(
+                f"Unexpected weights {stray[:5]}: keys must start with first_stage_model. or "
+                "second_stage_model. as in cde-small-v2."
+            )
+        module = FirstStage(self._first_config, shapes)
+        check_keys(module, shapes, FIRST_STAGE, self.config.limit_layers_first_stage)
+
+    def _load_first_stage(self) -> FirstStage:
+        weights, _ = self._read_weights(FIRST_STAGE)
+        module = FirstStage(self._first_config, weights)
+        return load_stage(
+            module,
+            weights,
+            FIRST_STAGE,
+            device=self.device,
+            dtype=self.dtype,
+            limit_layers=self.config.limit_layers_first_stage,
+        )
+
+    def _batches(
+        self,
+        token_ids: list[list[int]],
+        batch_size: int | None,
+        show_progress: bool | None,
+        desc: str,
+    ):
+        size = _positive(self.batch_size if batch_size is None else batch_size, "batch_size")
+        batches = length_sorted_batches(token_ids, size, self.encoder.pad_id)
+        show = self.show_progress if show_progress is None else show_progress
+        if show is None:
+            show = len(token_ids) >= PROGRESS_MIN_TEXTS
+        total = -(-len(token_ids) // size)
+        return tqdm(batches, total=total, desc=desc, unit="batch", disable=not show)
+
+
+def _prefix(input_type: str) -> str:
+    if input_type == "document":
+        return DOCUMENT_PREFIX
+    if input_type == "query":
+        return QUERY_PREFIX
+    raise ValueError(f"input_type must be 'document' or 'query', got {input_type!r}.")
+
+
+def _positive(value: int, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+_SHARED: dict[tuple, CDEModel] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_model(
+    name_or_path: str | os.PathLike[str] = "jxm/cde-small-v2",
+    *,
+    revision: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: DTypeLike = None,
+) -> CDEModel:
+    """One model per (checkpoint, revision, device, dtype) in this process.
+
+    Adapters, Chroma embedding functions and servers are created often (Chroma rebuilds its
+    embedding function on every collection operation); they all share the weights this way.
+    """
+    key = (
+        os.fspath(name_or_path),
+        revision,
+        str(torch.device(device) if device is not None else default_device()),
+        resolve_dtype(dtype),
+    )
+    with _SHARED_LOCK:
+        model = _SHARED.get(key)
+        if model is None:
+            model = CDEModel.from_pretrained(
+                name_or_path, revision=revision, device=device, dtype=dtype
+            )
+            _SHARED[key] = model
+        return model

@@ -1,0 +1,116 @@
+"""Corpus contexts: fingerprints, model binding, atomic save and corruption-safe load."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cde_rag import CDEModel, CorpusContext
+from cde_rag.errors import ContextError, ContextMismatchError
+
+
+def test_save_and_load_roundtrip(tiny_model, golden, tmp_path):
+    ctx = tiny_model.fit_context(golden["documents"] * 3, seed=5)
+    path = ctx.save(tmp_path / "ctx.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx.safetensors"]  # no temp files left
+    loaded = CorpusContext.load(path)
+    assert loaded == ctx and loaded.fingerprint == ctx.fingerprint
+    np.testing.assert_array_equal(loaded.embeddings, ctx.embeddings)
+    assert loaded.minicorpus == ctx.minicorpus
+    assert (loaded.kind, loaded.seed, loaded.source_size) == ("fitted", 5, 33)
+    assert loaded.model_fingerprint == tiny_model.fingerprint
+    docs = golden["documents"][:3]
+    np.testing.assert_array_equal(
+        tiny_model.embed_documents(docs, context=loaded),
+        tiny_model.embed_documents(docs, context=ctx),
+    )
+
+
+def test_saved_file_is_safetensors_with_json_metadata(tiny_context, tmp_path):
+    from safetensors import safe_open
+
+    path = tiny_context.save(tmp_path / "ctx.safetensors")
+    with safe_open(str(path), framework="numpy") as fh:
+        assert list(fh.keys()) == ["embeddings"]
+        assert fh.metadata()["format"] == "cde-rag-context"
+
+
+def test_fingerprint_is_stable_across_processes(tiny_path, tiny_context, golden, tmp_path):
+    corpus = tmp_path / "mini.txt"
+    corpus.write_text("\n".join(golden["minicorpus"]))
+    code = (
+        "import sys; from cde_rag import CDEModel; "
+        "m = CDEModel.from_pretrained(sys.argv[1], device='cpu'); "
+        "print(m.context(open(sys.argv[2]).read().split('\\n')).fingerprint)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, tiny_path, str(corpus)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == tiny_context.fingerprint
+
+
+def test_torn_and_tampered_files_are_clear_errors(tiny_context, tmp_path):
+    path = tiny_context.save(tmp_path / "ctx.safetensors")
+    data = path.read_bytes()
+    torn = tmp_path / "torn.safetensors"
+    torn.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ContextError, match="torn or corrupted"):
+        CorpusContext.load(torn)
+    tampered = tmp_path / "tampered.safetensors"
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF
+    tampered.write_bytes(bytes(flipped))
+    with pytest.raises(ContextError, match="corrupted"):
+        CorpusContext.load(tampered)
+    with pytest.raises(ContextError, match="No context file"):
+        CorpusContext.load(tmp_path / "missing.safetensors")
+    assert path.read_bytes() == data  # a failed load touches nothing
+
+
+def test_failed_save_keeps_the_previous_file(tiny_context, tiny_model, tmp_path, monkeypatch):
+    path = tiny_context.save(tmp_path / "ctx.safetensors")
+    before = path.read_bytes()
+    other = tiny_model.fallback_context()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx.safetensors"]
+
+
+def test_context_from_another_model_is_refused(tiny_context, make_checkpoint):
+    def perturb(weights):
+        key = "second_stage_model.output_projection.0.bias"
+        weights[key] = weights[key] + 0.5
+        return weights
+
+    other = CDEModel.from_pretrained(make_checkpoint(edit_weights=perturb), device="cpu")
+    assert (
+        other.fingerprint
+        != CDEModel.from_pretrained(make_checkpoint("same"), device="cpu").fingerprint
+    )
+    with pytest.raises(ContextMismatchError, match="made by model"):
+        other.embed_queries(["q"], context=tiny_context)
+
+
+def test_context_from_embeddings(tiny_model, tiny_context):
+    ctx = tiny_model.context_from_embeddings(tiny_context.embeddings)
+    assert ctx.kind == "embeddings" and ctx.fingerprint == tiny_context.fingerprint
+    with pytest.raises(ContextError, match="shape"):
+        tiny_model.context_from_embeddings(np.zeros((3, tiny_model.dim)))
+
+
+def test_context_is_immutable(tiny_context):
+    with pytest.raises(ValueError):
+        tiny_context.embeddings[0, 0] = 1.0
