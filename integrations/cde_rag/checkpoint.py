@@ -45,6 +45,7 @@ class ContextualConfig:
     pool_ignore_instruction_tokens: bool = False
     limit_layers: int | None = None
     limit_layers_first_stage: int | None = None
+    # The reference tokenizes outside the model, always to 512 tokens, whatever the config says.
     max_seq_length: int = 512
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -85,7 +86,6 @@ class ContextualConfig:
             pool_ignore_instruction_tokens=bool(raw.get("pool_ignore_instruction_tokens", False)),
             limit_layers=raw.get("limit_layers"),
             limit_layers_first_stage=raw.get("limit_layers_first_stage"),
-            max_seq_length=int(raw.get("max_seq_length") or 512),
             raw=raw,
         )
 
