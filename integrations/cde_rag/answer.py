@@ -1,0 +1,269 @@
+"""Turn retrieved chunks into an answer that cites them as [1], [2], ...
+
+Two answer builders share one numbering (`Source.number`), so the citations in the chat always
+match the sources panel:
+
+* `extractive_answer` needs no LLM: it quotes the best sentences of the retrieved chunks.
+* `llm_answer` asks an OpenAI-compatible chat endpoint to answer from the numbered chunks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import CDEError
+
+DEFAULT_MAX_SENTENCES = 3
+# A "sentence" longer than this (a chunk without punctuation) is cut, so answers stay readable.
+MAX_SENTENCE_CHARS = 320
+ENV_BASE_URL = "CDE_RAG_LLM_BASE_URL"
+ENV_MODEL = "CDE_RAG_LLM_MODEL"
+ENV_API_KEY = "CDE_RAG_LLM_API_KEY"
+
+# Sentence ends: . ! ? (optionally followed by closing quotes/brackets) then whitespace, or a
+# line break. Line breaks count because chunks of Markdown/HTML/PDF text are full of headings
+# and list items that have no final punctuation.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'”’)\]])\s+|\s*\n+\s*")
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_CITATION = re.compile(r"\[(\d+)\]")
+# Words that carry no meaning for matching a sentence to a question.
+_STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers him his how i if in into is it its itself
+    just me more most my no nor not now of off on once only or other our ours out over own
+    same she should so some such than that the their theirs them then there these they this
+    those through to too under until up very was we were what when where which while who whom
+    why will with would you your yours
+    """.split()  # noqa: SIM905
+)
+
+
+class AnswerError(CDEError, RuntimeError):
+    """The configured LLM endpoint could not produce an answer."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One retrieved chunk, numbered as it is cited ([number]) and shown in the sources panel."""
+
+    number: int
+    source: str
+    chunk: int
+    score: float
+    text: str
+
+
+# -- extractive answer ------------------------------------------------------------------------
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences and stand-alone lines of `text`, whitespace-trimmed, empty ones dropped."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+def terms(text: str) -> set[str]:
+    """Content words of `text`: lower-cased, stopwords dropped, plural -s folded."""
+    out = set()
+    for word in _WORD.findall(text.lower()):
+        if word in _STOPWORDS or (len(word) < 2 and not word.isdigit()):
+            continue
+        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        out.add(word)
+    return out
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    sentence: str
+    source: Source
+    position: int
+    terms: frozenset[str]
+
+
+def extractive_answer(
+    question: str, sources: Sequence[Source], *, max_sentences: int = DEFAULT_MAX_SENTENCES
+) -> str:
+    """Quote the sentences of `sources` that best match `question`, each cited as [n].
+
+    Why lexical scoring rather than embedding every sentence: the dense retriever (the CDE
+    model with the corpus context) has already chosen the chunks by meaning; inside those few
+    chunks the job is precision - which sentence holds the words the question asks about. A
+    sentence scores the IDF-weighted share of the question's content words it contains (IDF
+    over the candidate sentences, so words found everywhere in the retrieved text count for
+    little); ties go to the better-ranked chunk, then to the earlier sentence. This costs no
+    model calls, is deterministic, and the user can see why a sentence was picked. When no
+    sentence shares a word with the question, the answer says so and quotes the top chunk's
+    opening sentence, since retrieval still judged that chunk closest.
+    """
+    if max_sentences < 1:
+        raise ValueError(f"max_sentences must be at least 1, got {max_sentences!r}.")
+    candidates = [
+        _Candidate(sentence, src, pos, frozenset(terms(sentence)))
+        for src in sources
+        for pos, sentence in enumerate(split_sentences(src.text))
+    ]
+    if not candidates:
+        return "Nothing relevant is indexed yet: upload documents and index them first."
+    wanted = terms(question)
+    idf = _idf(wanted, candidates)
+    total = sum(idf.values())
+    scored = []
+    for rank, cand in enumerate(candidates):
+        score = sum(idf[t] for t in wanted & cand.terms) / total if total else 0.0
+        scored.append((-score, rank, cand))
+    scored.sort(key=lambda item: (item[0], item[1]))
+    picked: list[_Candidate] = []
+    seen: set[str] = set()
+    for neg_score, _, cand in scored:
+        if neg_score == 0 or len(picked) == max_sentences:
+            break
+        key = " ".join(cand.sentence.lower().split())
+        if key in seen:  # chunk overlap repeats sentences; quote each once
+            continue
+        seen.add(key)
+        picked.append(cand)
+    if not picked:
+        top = candidates[0]
+        return (
+            "No sentence in the retrieved passages shares a word with the question; the closest "
+            f"passage begins: {_quote(top.sentence)} [{top.source.number}]"
+        )
+    return " ".join(f"{_quote(c.sentence)} [{c.source.number}]" for c in picked)
+
+
+def _idf(wanted: set[str], candidates: Sequence[_Candidate]) -> dict[str, float]:
+    n = len(candidates)
+    idf = {}
+    for term in wanted:
+        df = sum(term in c.terms for c in candidates)
+        idf[term] = math.log(1 + n / df) if df else 0.0
+    return idf
+
+
+def _quote(sentence: str) -> str:
+    sentence = " ".join(sentence.split())
+    if len(sentence) <= MAX_SENTENCE_CHARS:
+        return sentence
+    return sentence[: MAX_SENTENCE_CHARS - 1].rsplit(" ", 1)[0] + "…"
+
+
+# -- citations --------------------------------------------------------------------------------
+
+
+def cited_numbers(answer: str) -> list[int]:
+    """The source numbers an answer cites, in order of first citation."""
+    seen: dict[int, None] = {}
+    for match in _CITATION.finditer(answer):
+        seen.setdefault(int(match.group(1)), None)
+    return list(seen)
+
+
+def unknown_citations(answer: str, sources: Sequence[Source]) -> list[int]:
+    """Citations that match no source (an LLM can invent them)."""
+    known = {s.number for s in sources}
+    return [n for n in cited_numbers(answer) if n not in known]
+
+
+# -- LLM answer -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Where an OpenAI-compatible chat endpoint lives; the key is never shown in `repr`."""
+
+    base_url: str
+    model: str
+    api_key: str = ""
+
+    def __repr__(self) -> str:
+        key = "set" if self.api_key else "unset"
+        return f"LLMConfig(base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
+
+    @classmethod
+    def from_settings(
+        cls,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> LLMConfig | None:
+        """Flags win over `CDE_RAG_LLM_*` environment variables; None when no LLM is set up.
+
+        A base URL without a model (or the reverse) is a mistake worth stopping for, since the
+        demo would otherwise silently fall back to extractive answers.
+        """
+        env = os.environ if env is None else env
+        base_url = base_url or env.get(ENV_BASE_URL) or None
+        model = model or env.get(ENV_MODEL) or None
+        api_key = api_key or env.get(ENV_API_KEY) or ""
+        if base_url is None and model is None:
+            return None
+        if base_url is None:
+            raise ValueError(
+                f"An LLM model is set but no base URL: set --llm-base-url or {ENV_BASE_URL} "
+                "(e.g. http://127.0.0.1:8000/v1), or unset the model to get extractive answers."
+            )
+        if model is None:
+            raise ValueError(
+                f"An LLM base URL is set but no model: set --llm-model or {ENV_MODEL}, or "
+                "unset the base URL to get extractive answers."
+            )
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"LLM base URL must start with http:// or https://, got {base_url!r} "
+                "(e.g. http://127.0.0.1:8000/v1)."
+            )
+        return cls(base_url=base_url, model=model, api_key=api_key)
+
+
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered sources the user gives you. Cite the sources "
+    "that support each statement with their numbers in square brackets, like [1] or [2][3]. "
+    "If the sources do not contain the answer, say that they do not. Be concise."
+)
+
+
+def llm_messages(question: str, sources: Sequence[Source]) -> list[dict[str, str]]:
+    """The chat messages sent to the LLM: numbered sources, then the question."""
+    blocks = [f"[{s.number}] ({s.source}, chunk {s.chunk})\n{s.text.strip()}" for s in sources]
+    body = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question.strip()}"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": body}]
+
+
+def llm_answer(
+    question: str, sources: Sequence[Source], config: LLMConfig, *, timeout: float = 60.0
+) -> str:
+    """Ask the configured endpoint; raise `AnswerError` (with the reason) when it fails."""
+    import openai
+
+    client = openai.OpenAI(
+        base_url=config.base_url,
+        # Local servers often need no key, but the client insists on one.
+        api_key=config.api_key or "not-needed",
+        timeout=timeout,
+        max_retries=1,
+    )
+    try:
+        response = client.chat.completions.create(
+            model=config.model, messages=llm_messages(question, sources), temperature=0
+        )
+    except openai.APIStatusError as exc:
+        raise AnswerError(
+            f"LLM endpoint {config.base_url} answered HTTP {exc.status_code}: {exc.message}"
+        ) from exc
+    except openai.APIError as exc:  # connection errors and timeouts
+        raise AnswerError(f"LLM endpoint {config.base_url} failed: {exc}") from exc
+    finally:
+        client.close()
+    choices = response.choices or []
+    text = (choices[0].message.content or "").strip() if choices else ""
+    if not text:
+        raise AnswerError(f"LLM endpoint {config.base_url} returned an empty answer.")
+    return text

@@ -1,0 +1,65 @@
+"""A tiny OpenAI-compatible chat server for tests: `python tests/chat_server.py`.
+
+It binds 127.0.0.1 on a free port, prints `PORT <n>` on stdout, and answers
+POST /v1/chat/completions with a canned completion that names the first source it was given
+and cites it as [1], so a test can tell the sources really reached the server. Model
+"broken" gets HTTP 500; "silent" gets an empty answer.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+import time
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+app = FastAPI()
+
+
+@app.post("/v1/chat/completions")
+async def completions(request: Request) -> JSONResponse:
+    body = await request.json()
+    model = body.get("model")
+    if model == "broken":
+        return JSONResponse({"error": {"message": "model is broken"}}, status_code=500)
+    user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    first = re.search(r"^\[1\] \((.+), chunk (\d+)\)$", user, re.MULTILINE)
+    named = first.group(1) if first else "no source"
+    content = "" if model == "silent" else f"The answer is in {named} [1]."
+    return JSONResponse(
+        {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": len(user.split()),
+                "completion_tokens": 8,
+                "total_tokens": 8,
+            },
+        }
+    )
+
+
+def main() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
