@@ -1,0 +1,195 @@
+"""Framework-free core of the LangChain and LlamaIndex adapters: one model, one corpus context.
+
+Both adapters need the same rules, so they live here once: a context is set explicitly (fitted
+on the whole corpus, loaded, or the opt-in fallback) and never fitted lazily inside an embed
+call, because frameworks hand documents over in slices and a lazy fit would see only the first.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .context import DEFAULT_SEED, CorpusContext
+from .errors import ContextError, InputError, NotFittedError
+from .model import CDEModel, DTypeLike, InputType, check_texts, resolve_dtype, shared_model
+
+DEFAULT_MODEL = "jxm/cde-small-v2"
+ContextSource = CorpusContext | str | os.PathLike
+
+
+class StaleVectorsWarning(UserWarning):
+    """The context changed after documents were embedded: their stored vectors are now stale."""
+
+
+def load_model(
+    model: str | os.PathLike | CDEModel,
+    *,
+    revision: str | None = None,
+    device: str | None = None,
+    dtype: DTypeLike = None,
+    cache_folder: str | None = None,
+    token: str | bool | None = None,
+) -> CDEModel:
+    """An already-loaded model as is, else the process-wide shared one, so adapters share weights.
+
+    A custom cache folder or token needs its own load (the shared cache is keyed without them).
+    """
+    if isinstance(model, CDEModel):
+        if device is not None and model.device != _torch_device(device):
+            raise ValueError(
+                f"device={device!r} was given, but the CDEModel passed in runs on {model.device}. "
+                "device applies only when loading by name; load the model on that device instead."
+            )
+        if dtype is not None and model.dtype != resolve_dtype(dtype):
+            raise ValueError(
+                f"dtype={dtype!r} was given, but the CDEModel passed in uses {model.dtype}. "
+                "dtype applies only when loading by name; load the model with that dtype instead."
+            )
+        return model
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(
+            "model must be a hub id, a checkpoint folder or a CDEModel, "
+            f"not {type(model).__name__}."
+        )
+    if cache_folder is None and token is None:
+        return shared_model(model, revision=revision, device=device, dtype=dtype)
+    return CDEModel.from_pretrained(
+        model, revision=revision, device=device, dtype=dtype, cache_dir=cache_folder, token=token
+    )
+
+
+def _torch_device(device: str):
+    import torch
+
+    return torch.device(device)
+
+
+def require_text(text: object, what: str = "query") -> str:
+    """One non-empty string, or an error saying what was passed instead."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a str, got {type(text).__name__}.")
+    if not text.strip():
+        raise InputError(f"{what} is empty; pass the text to embed.")
+    return text
+
+
+def require_texts(texts: object, what: str = "texts") -> list[str]:
+    """A list of non-empty strings: an empty text gets a vector that means nothing and would
+    match arbitrary queries, so it is refused rather than stored."""
+    items = check_texts(texts, what)
+    for i, text in enumerate(items):
+        if not text.strip():
+            raise InputError(
+                f"{what}[{i}] is empty or whitespace only. Drop empty chunks before embedding "
+                "(nothing was embedded or stored)."
+            )
+    return items
+
+
+class ContextHolder:
+    """A model plus the one corpus context an adapter embeds with, safe to share across threads."""
+
+    def __init__(self, model: CDEModel, owner: str):
+        self.model = model
+        self.owner = owner
+        self._context: CorpusContext | None = None
+        self._documents_embedded = False
+        self._lock = threading.Lock()
+
+    @property
+    def context(self) -> CorpusContext | None:
+        return self._context
+
+    def set(self, source: ContextSource) -> CorpusContext:
+        """Use a context (or a saved context file); warn if it replaces one documents used."""
+        if isinstance(source, (str, os.PathLike)):
+            context = CorpusContext.load(source)
+        elif isinstance(source, CorpusContext):
+            context = source
+        else:
+            raise ContextError(
+                f"context must be a CorpusContext or the path of a saved context, "
+                f"not {type(source).__name__}."
+            )
+        self.model.check_context(context)
+        with self._lock:
+            old, used = self._context, self._documents_embedded
+            self._context = context
+            if old != context:
+                self._documents_embedded = False
+        if used and old is not None and old != context:
+            warnings.warn(
+                f"{self.owner}: the corpus context changed from {old.fingerprint[:12]} to "
+                f"{context.fingerprint[:12]} after documents were embedded with the old one. "
+                "Vectors already stored are stale: re-embed them with the new context (or go "
+                "back to the old context) before querying.",
+                StaleVectorsWarning,
+                stacklevel=4,
+            )
+        return context
+
+    def fit(
+        self,
+        corpus: Iterable[str],
+        seed: int = DEFAULT_SEED,
+        *,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> CorpusContext:
+        """Fit on the whole corpus (sampling the model's N documents) and use the result."""
+        texts = require_texts(corpus, "corpus")
+        context = self.model.fit_context(
+            texts, seed=seed, batch_size=batch_size, show_progress=show_progress
+        )
+        return self.set(context)
+
+    def use_fallback(
+        self, *, batch_size: int | None = None, show_progress: bool | None = None
+    ) -> CorpusContext:
+        return self.set(
+            self.model.fallback_context(batch_size=batch_size, show_progress=show_progress)
+        )
+
+    def require(self) -> CorpusContext:
+        context = self._context
+        if context is None:
+            raise NotFittedError(
+                f"{self.owner} has no corpus context yet, so it cannot embed. It never fits one "
+                "on the texts of an embed call, because vector stores pass documents in slices "
+                "and the context must come from the whole corpus. Do one of: pass corpus=<all "
+                "your documents> when creating it, call .fit(corpus), pass context=<CorpusContext "
+                "or saved context path>, or opt in to the no-corpus fallback explicitly with "
+                ".use_fallback_context() (or fallback=True)."
+            )
+        return context
+
+    def embed(
+        self,
+        texts: list[str],
+        input_type: InputType,
+        *,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Embed with the context current at the call's start, whatever happens meanwhile."""
+        context = self.require()
+        if input_type == "document" and texts:
+            with self._lock:
+                if self._context is context:
+                    self._documents_embedded = True
+        return self.model.embed(
+            texts,
+            context=context,
+            input_type=input_type,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return self.require().save(path)
