@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from typing import Literal
@@ -15,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import ModernBertConfig
 
+from .cache import EmbeddingCache
 from .checkpoint import ResolvedCheckpoint, resolve_checkpoint
 from .context import (
     DEFAULT_SEED,
@@ -47,6 +49,8 @@ _DTYPES = {
 # Lists at least this long show a progress bar unless the caller says otherwise.
 PROGRESS_MIN_TEXTS = 64
 FALLBACK_ALPHABET = "abcdefghijklmnopqrstuvwxyz     "
+# Fitted dataset embeddings kept in memory per model (each is N x d float32, 1.5 MB for N=512).
+CONTEXT_CACHE_SIZE = 16
 
 
 def default_device() -> torch.device:
@@ -101,6 +105,7 @@ class CDEModel:
         dtype: DTypeLike = None,
         batch_size: int = 32,
         show_progress: bool | None = None,
+        embedding_cache: EmbeddingCache | str | os.PathLike[str] | None = None,
     ):
         self.checkpoint = checkpoint
         self.config = checkpoint.config
@@ -109,6 +114,12 @@ class CDEModel:
         self.batch_size = _positive(batch_size, "batch_size")
         self.show_progress = show_progress
         self._first_stage_lock = threading.Lock()
+        self._context_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._context_cache_lock = threading.Lock()
+        self._context_hits = 0
+        self._context_misses = 0
+        self._embedding_cache: EmbeddingCache | None = None
+        self.use_embedding_cache(embedding_cache)
         try:
             base = ModernBertConfig.from_pretrained(str(checkpoint.backbone_dir))
         except Exception as exc:
@@ -147,6 +158,7 @@ class CDEModel:
         token: str | bool | None = None,
         batch_size: int = 32,
         show_progress: bool | None = None,
+        embedding_cache: EmbeddingCache | str | os.PathLike[str] | None = None,
     ) -> CDEModel:
         """Load from a hub id or a local checkpoint folder (see `cde-spec.md` for the layout)."""
         checkpoint = resolve_checkpoint(
@@ -158,7 +170,36 @@ class CDEModel:
             dtype=dtype,
             batch_size=batch_size,
             show_progress=show_progress,
+            embedding_cache=embedding_cache,
         )
+
+    # -- caches ----------------------------------------------------------------------------------
+
+    def use_embedding_cache(
+        self, cache: EmbeddingCache | str | os.PathLike[str] | None
+    ) -> EmbeddingCache | None:
+        """Store every computed embedding in a persistent cache (a SQLite file path or an
+        `EmbeddingCache`), so texts embedded before under the same context are not recomputed;
+        None turns the cache off. Returns the cache in use."""
+        if cache is not None and not isinstance(cache, EmbeddingCache):
+            cache = EmbeddingCache(cache)
+        self._embedding_cache = cache
+        return cache
+
+    @property
+    def embedding_cache(self) -> EmbeddingCache | None:
+        return self._embedding_cache
+
+    @property
+    def cache_stats(self) -> dict[str, int]:
+        """Hit and miss counts: contexts (in memory) and embeddings (persistent, if enabled)."""
+        cache = self._embedding_cache
+        return {
+            "context_hits": self._context_hits,
+            "context_misses": self._context_misses,
+            "embedding_hits": cache.hits if cache is not None else 0,
+            "embedding_misses": cache.misses if cache is not None else 0,
+        }
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -356,20 +397,60 @@ class CDEModel:
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> np.ndarray:
+        """L2-normalised float32 (n, dim) embeddings in input order; with an embedding cache
+        on, only texts not seen before under this context (and dtype) are computed."""
         texts = check_texts(texts)
         context = self.check_context(context)
         prefix = _prefix(input_type)
-        token_ids = self.encoder.encode(texts, prefix)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
+        cache = self._embedding_cache
+        keys: list[bytes] = []
+        found: dict[bytes, np.ndarray] = {}
+        if cache is not None:
+            namespace = f"{context.fingerprint}/{str(self.dtype).removeprefix('torch.')}"
+            keys = [cache.key(namespace, input_type, text) for text in texts]
+            found = cache.get_many(keys, self.dim)
+        # Each distinct text not in the cache is computed once, even if repeated in `texts`.
+        todo: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            if keys and keys[i] in found:
+                out[i] = found[keys[i]]
+            else:
+                todo.setdefault(text, []).append(i)
+        if not todo:
+            return out
+        unique = list(todo)
+        vectors = self._second_stage_embeddings(
+            self.encoder.encode(unique, prefix),
+            context,
+            batch_size,
+            show_progress,
+            f"Embedding {input_type}s",
+        )
+        for text, vector in zip(unique, vectors, strict=True):
+            out[todo[text]] = vector
+        if cache is not None:
+            cache.put_many(
+                (keys[todo[text][0]], vector) for text, vector in zip(unique, vectors, strict=True)
+            )
+        return out
+
+    def _second_stage_embeddings(
+        self,
+        token_ids: list[list[int]],
+        context: CorpusContext,
+        batch_size: int | None,
+        show_progress: bool | None,
+        desc: str,
+    ) -> np.ndarray:
+        out = np.zeros((len(token_ids), self.dim), dtype=np.float32)
         stage = self.second_stage
         prefix_rows = torch.tensor(context.embeddings, device=self.device, dtype=self.dtype)
         with torch.inference_mode():
             ctx_prefix = stage.prefix(prefix_rows)
-            for batch in self._batches(
-                token_ids, batch_size, show_progress, f"Embedding {input_type}s"
-            ):
+            for batch in self._batches(token_ids, batch_size, show_progress, desc):
                 ids = batch.input_ids.to(self.device)
                 mask = batch.attention_mask.to(self.device)
                 vectors = stage(ids, mask, ctx_prefix, self._pool_mask(ids, mask))
@@ -401,24 +482,58 @@ class CDEModel:
     def _dataset_embeddings(
         self, minicorpus: Sequence[str], batch_size: int | None, show_progress: bool | None
     ) -> np.ndarray:
+        """First-stage embeddings of `minicorpus`, from the in-memory context cache when these
+        exact texts were embedded before by this model with the same batch size (batching
+        changes the last bits, and a context's fingerprint is byte-exact)."""
+        size = _positive(self.batch_size if batch_size is None else batch_size, "batch_size")
+        digest = hashlib.sha256(f"batch={size}\n".encode())
+        for text in minicorpus:
+            digest.update(f"{len(text)}:".encode())
+            digest.update(text.encode("utf-8", "surrogatepass"))
+        key = digest.hexdigest()
+        cached = self._cached_context(key)
+        if cached is not None:
+            return cached
+        # The first stage is needed only while fitting; load it for the fit and let it go after.
+        with self._first_stage_lock:
+            cached = self._cached_context(key, count_miss=True)  # another thread may have fit it
+            if cached is not None:
+                return cached
+            out = self._first_stage_embeddings(minicorpus, batch_size, show_progress)
+            with self._context_cache_lock:
+                self._context_cache[key] = out
+                while len(self._context_cache) > CONTEXT_CACHE_SIZE:
+                    self._context_cache.popitem(last=False)
+        return out.copy()
+
+    def _cached_context(self, key: str, count_miss: bool = False) -> np.ndarray | None:
+        with self._context_cache_lock:
+            found = self._context_cache.get(key)
+            if found is not None:
+                self._context_cache.move_to_end(key)
+                self._context_hits += 1
+                return found.copy()
+            if count_miss:
+                self._context_misses += 1
+            return None
+
+    def _first_stage_embeddings(
+        self, minicorpus: Sequence[str], batch_size: int | None, show_progress: bool | None
+    ) -> np.ndarray:
         token_ids = self.encoder.encode(minicorpus, DOCUMENT_PREFIX)
         out = np.zeros(
             (len(minicorpus), self.second_stage.backbone.config.hidden_size), dtype=np.float32
         )
-        # The first stage is needed only while fitting; load it for the fit and let it go after.
-        with self._first_stage_lock:
-            stage = self._load_first_stage()
-            try:
-                with torch.inference_mode():
-                    for batch in self._batches(
-                        token_ids, batch_size, show_progress, "Fitting context"
-                    ):
-                        vectors = stage(
-                            batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
-                        )
-                        out[batch.indices] = vectors.float().cpu().numpy()
-            finally:
-                del stage
+        stage = self._load_first_stage()
+        try:
+            with torch.inference_mode():
+                for batch in self._batches(token_ids, batch_size, show_progress, "Fitting context"):
+                    vectors = stage(
+                        batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+                    )
+                    out[batch.indices] = vectors.float().cpu().numpy()
+        finally:
+            del stage
         return out
 
     def _read_weights(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
