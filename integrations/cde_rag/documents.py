@@ -1,0 +1,460 @@
+"""Load files into text documents and split them into chunks with stable ids.
+
+People point RAG tools at messy folders. Everything here turns a bad file into a clear reason
+in `LoadResult.skipped` instead of an exception, so one broken PDF never stops an indexing run,
+and chunk ids are derived from content so running ingestion again yields the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CDEError
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".pdf", ".html", ".htm")
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 1000
+DEFAULT_CHUNK_OVERLAP = 150
+
+# C0 and C1 control characters except tab and newline, DEL, and the two non-characters that
+# some tools choke on. Carriage returns are normalised to newlines before this runs.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")
+# Control characters that never occur in real text files; above a few of them and this share
+# of the text, a "text" file is binary data, not text with some noise.
+_BINARY_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
+_BINARY_CONTROL_RATIO = 0.05
+_BINARY_CONTROL_MIN = 8
+_HTML_BLOCKS = (
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "br",
+    "dd",
+    "div",
+    "dl",
+    "dt",
+    "figcaption",
+    "footer",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hr",
+    "li",
+    "main",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "table",
+    "td",
+    "th",
+    "tr",
+    "ul",
+)
+_HTML_LINES = ("br", "dd", "dt", "li", "td", "th", "tr")
+_WHITESPACE = re.compile(r"\s+")
+_SPACES = re.compile(r"[ \t\u00a0]+")
+_BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
+_NON_SPACE = re.compile(r"\S")
+
+
+class DocumentError(CDEError, ValueError):
+    """A file cannot be turned into text (binary, empty, encrypted, too large, unreadable)."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """The text of one file; `source` is the short, printable name shown to users."""
+
+    text: str
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document; `id` depends only on source, position and text."""
+
+    id: str
+    text: str
+    source: str
+    index: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadResult:
+    """Documents that loaded, and `(path, reason)` for everything that did not."""
+
+    documents: list[Document] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# -- loading one file -------------------------------------------------------------------------
+
+
+def load_document(
+    path: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Document:
+    """Read a .txt/.md/.pdf/.html file into clean text, or raise `DocumentError` saying why not.
+
+    `source` overrides the name recorded for the document (e.g. the original name of an
+    uploaded file); by default it is the file name.
+    """
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DocumentError(
+            f"unsupported file type {suffix or '(no extension)'!r}; supported: "
+            f"{', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    data = _read_bytes(file, max_bytes)
+    if not data.strip():
+        raise DocumentError("empty file")
+    meta: dict[str, Any] = {"type": suffix.lstrip("."), "bytes": len(data)}
+    if suffix == ".pdf":
+        text = _pdf_text(data, meta)
+    elif suffix in (".html", ".htm"):
+        text = _html_text(data, meta)
+    else:
+        text = _decode_text(data, meta)
+    text = clean_text(text)
+    if not text.strip():
+        raise DocumentError("no text left after removing control characters and whitespace")
+    name = display_name(source if source is not None else file.name)
+    return Document(text=text, source=name, metadata={"source": name, **meta})
+
+
+def clean_text(text: str) -> str:
+    """Normalise newlines, drop control characters, and squeeze runs of blank lines."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n").replace("\v", "\n")
+    text = _CONTROL.sub("", text)
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def display_name(name: str) -> str:
+    """A printable, valid-UTF-8 version of a file name (undecodable bytes become U+FFFD)."""
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    name = "".join(
+        " " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in name
+    )
+    return name.strip() or "unnamed"
+
+
+def _read_bytes(file: Path, max_bytes: int) -> bytes:
+    try:
+        info = file.stat()
+    except FileNotFoundError:
+        raise DocumentError("no such file") from None
+    except PermissionError:
+        raise DocumentError("permission denied") from None
+    if not stat.S_ISREG(info.st_mode):
+        # FIFOs and devices would block or never end; folders are walked by load_documents.
+        raise DocumentError("not a regular file")
+    if info.st_size > max_bytes:
+        raise DocumentError(
+            f"file is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit; split it or "
+            "raise max_bytes"
+        )
+    try:
+        with file.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except PermissionError:
+        raise DocumentError("permission denied") from None
+    except OSError as exc:
+        raise DocumentError(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise DocumentError(f"file grew past the {max_bytes:,}-byte limit while being read")
+    return data
+
+
+def _decode_text(data: bytes, meta: dict[str, Any]) -> str:
+    """UTF-8 (with or without BOM), UTF-16 with BOM, else a legacy 8-bit encoding.
+
+    Broken UTF-8 (a few bad bytes among valid multibyte sequences) keeps its valid text and
+    gets U+FFFD for the bad bytes; files with no valid multibyte sequence at all are read as
+    Windows-1252, the usual source of non-UTF-8 text.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text, encoding = data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError:
+            raise DocumentError("has a UTF-16 byte-order mark but is not valid UTF-16") from None
+    else:
+        if b"\x00" in data:
+            raise DocumentError("binary data (contains NUL bytes), not text")
+        try:
+            text, encoding = data.decode("utf-8-sig"), "utf-8"
+        except UnicodeDecodeError:
+            text = data.decode("utf-8", "replace")
+            if any(ord(ch) > 0x7F and ch != "\ufffd" for ch in text):
+                encoding = "utf-8 (invalid bytes replaced)"
+            else:
+                text, encoding = data.decode("cp1252", "replace"), "cp1252"
+    _refuse_binary(text)
+    meta["encoding"] = encoding
+    return text
+
+
+def _refuse_binary(text: str) -> None:
+    controls = len(_BINARY_CONTROL.findall(text))
+    if controls > max(_BINARY_CONTROL_MIN, _BINARY_CONTROL_RATIO * len(text)):
+        raise DocumentError(f"binary data ({controls} control characters in {len(text)}), not text")
+
+
+def _html_text(data: bytes, meta: dict[str, Any]) -> str:
+    from bs4 import BeautifulSoup
+
+    if b"\x00" in data and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DocumentError("binary data (contains NUL bytes), not HTML")
+    soup = BeautifulSoup(data, "html.parser")
+    if soup.title is not None:
+        meta["title"] = clean_text(_WHITESPACE.sub(" ", soup.title.get_text(" ")))[:200]
+    for tag in soup(["script", "style", "noscript", "template", "head"]):
+        tag.decompose()
+    # Source line breaks inside a paragraph are just spaces, as a browser shows them.
+    for string in soup.find_all(string=True):
+        if string.find_parent("pre") is None:
+            string.replace_with(_WHITESPACE.sub(" ", string))
+    # Keep paragraphs apart (the splitter cuts there first) but inline tags within a line.
+    for tag in soup.find_all(_HTML_BLOCKS):
+        tag.insert_after("\n" if tag.name in _HTML_LINES else "\n\n")
+    text = soup.get_text()
+    _refuse_binary(text)
+    meta["encoding"] = soup.original_encoding or "utf-8"
+    return "\n".join(_SPACES.sub(" ", line).strip() for line in text.splitlines())
+
+
+def _pdf_text(data: bytes, meta: dict[str, Any]) -> str:
+    import io
+
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    # pypdf logs a warning for every quirk of a damaged PDF; the reason we raise is enough.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not _decrypts_without_password(reader):
+            raise DocumentError(
+                "encrypted PDF; save an unencrypted copy (e.g. print to PDF) and index that"
+            )
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except DocumentError:
+        raise
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise DocumentError(f"not a readable PDF ({type(exc).__name__}: {exc})") from None
+    except (RecursionError, MemoryError, NotImplementedError) as exc:
+        raise DocumentError(f"PDF too complex or unsupported ({type(exc).__name__})") from None
+    meta["pages"] = len(pages)
+    text = "\n\n".join(p.strip() for p in pages if p.strip())
+    if not text:
+        raise DocumentError("PDF has no extractable text (scanned images?); run OCR on it first")
+    return text
+
+
+def _decrypts_without_password(reader: Any) -> bool:
+    """Many PDFs are 'encrypted' with an empty user password; those open fine."""
+    try:
+        return bool(reader.decrypt(""))
+    except Exception:  # missing crypto backend, unsupported algorithm: treat as locked
+        return False
+
+
+# -- loading many files -----------------------------------------------------------------------
+
+
+def load_documents(
+    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    recursive: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> LoadResult:
+    """Load files and folders; never raises for a bad file, it lands in `skipped` instead.
+
+    Folders are walked in sorted order (only one level unless `recursive`); hidden entries are
+    skipped, and symlinks are followed only when they resolve inside the folder being walked,
+    so a link cannot pull `/etc` into an index. A file's source is `<folder name>/<path in
+    folder>` for walked files and its file name for files given directly, which keeps chunk
+    ids the same whichever way the folder is spelled on the command line.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    result = LoadResult()
+    seen: set[Path] = set()
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            _walk(path, recursive, max_bytes, result, seen)
+        elif path.exists() or path.is_symlink():
+            _load_into(path, path.name, max_bytes, result, seen)
+        else:
+            result.skipped.append((str(path), "no such file or folder"))
+    return result
+
+
+def _walk(root: Path, recursive: bool, max_bytes: int, result: LoadResult, seen: set[Path]) -> None:
+    try:
+        real_root = root.resolve(strict=True)
+    except OSError as exc:
+        result.skipped.append((str(root), f"cannot open folder: {exc.strerror or exc}"))
+        return
+    label = real_root.name or "root"
+
+    def on_error(exc: OSError) -> None:
+        result.skipped.append((str(exc.filename), f"cannot list folder: {exc.strerror or exc}"))
+
+    for folder, dirs, files in os.walk(root, onerror=on_error):
+        here = Path(folder)
+        kept = []
+        for name in sorted(dirs):
+            sub = here / name
+            if name.startswith("."):
+                result.skipped.append((str(sub), "hidden folder, not read"))
+            elif sub.is_symlink():
+                result.skipped.append((str(sub), "symlinked folder, not followed"))
+            else:
+                kept.append(name)
+        dirs[:] = kept if recursive else []
+        for name in sorted(files):
+            file = here / name
+            if name.startswith("."):
+                result.skipped.append((str(file), "hidden file, not read"))
+                continue
+            if file.is_symlink():
+                try:
+                    target = file.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    result.skipped.append((str(file), "broken or looping symlink"))
+                    continue
+                if not target.is_relative_to(real_root):
+                    result.skipped.append(
+                        (str(file), f"symlink to {target}, outside {root}; not followed")
+                    )
+                    continue
+            relative = file.relative_to(root).as_posix()
+            _load_into(file, f"{label}/{relative}", max_bytes, result, seen)
+
+
+def _load_into(
+    file: Path, source: str, max_bytes: int, result: LoadResult, seen: set[Path]
+) -> None:
+    try:
+        real = file.resolve(strict=True)
+    except (OSError, RuntimeError):
+        result.skipped.append((str(file), "broken or looping symlink"))
+        return
+    if real in seen:
+        result.skipped.append((str(file), "same file already loaded (duplicate path or link)"))
+        return
+    seen.add(real)
+    try:
+        result.documents.append(load_document(file, source=source, max_bytes=max_bytes))
+    except DocumentError as exc:
+        result.skipped.append((str(file), str(exc)))
+
+
+# -- chunking ---------------------------------------------------------------------------------
+
+
+def chunk_documents(
+    documents: Sequence[Document],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+) -> list[Chunk]:
+    """Split documents with LangChain's `RecursiveCharacterTextSplitter` (paragraphs, then
+    lines, then words, then characters), `chunk_size` characters at most per chunk.
+
+    Each chunk's metadata holds the document's metadata plus `chunk` (its index in the
+    document) and `start_index` (its character offset), ready for a vector store.
+    """
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    _check_sizes(chunk_size, chunk_overlap)
+    splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    chunks: list[Chunk] = []
+    for doc in documents:
+        if not isinstance(doc, Document):
+            raise TypeError(
+                f"chunk_documents() takes Document objects, got {type(doc).__name__}; "
+                "load files with load_document(s) first."
+            )
+        pieces = [p for p in splitter.split_text(doc.text) if p.strip()]
+        for index, (text, start) in enumerate(
+            zip(pieces, _offsets(doc.text, pieces, chunk_overlap), strict=True)
+        ):
+            meta = {**doc.metadata, "source": doc.source, "chunk": index, "start_index": start}
+            chunks.append(
+                Chunk(
+                    id=chunk_id(doc.source, index, text),
+                    text=text,
+                    source=doc.source,
+                    index=index,
+                    metadata=meta,
+                )
+            )
+    return chunks
+
+
+def chunk_id(source: str, index: int, text: str) -> str:
+    """Content-derived id: the same file chunked the same way gets the same ids every run."""
+    digest = hashlib.sha256(b"cde-rag-chunk/1\0")
+    for part in (source, str(index), text):
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _offsets(text: str, pieces: Sequence[str], overlap: int) -> list[int]:
+    """Character offset of each piece in `text`.
+
+    The splitter keeps pieces in order, overlaps a piece with the previous one by at most
+    `overlap` characters, and drops nothing but whitespace between them. So a piece starts in
+    the window from `previous end - overlap` to the end of the whitespace after the previous
+    piece; in repetitive text the latest occurrence in that window is the one it came from.
+    """
+    offsets: list[int] = []
+    prev_start, prev_end = 0, 0
+    for piece in pieces:
+        lower = max(prev_start, prev_end - overlap)
+        content = _NON_SPACE.search(text, prev_end)
+        upper = content.start() if content else len(text)
+        start = text.rfind(piece, lower, upper + len(piece))
+        if start == -1:  # not expected from the splitter; fall back to the next occurrence
+            start = text.find(piece, lower)
+        offsets.append(start)
+        prev_start, prev_end = start, start + len(piece)
+    return offsets
+
+
+def _check_sizes(chunk_size: int, chunk_overlap: int) -> None:
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    if (
+        not isinstance(chunk_overlap, int)
+        or isinstance(chunk_overlap, bool)
+        or not 0 <= chunk_overlap < chunk_size
+    ):
+        raise ValueError(
+            f"chunk_overlap must be an integer from 0 to chunk_size - 1 ({chunk_size - 1}), "
+            f"got {chunk_overlap!r}."
+        )
