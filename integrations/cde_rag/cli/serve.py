@@ -1,0 +1,84 @@
+"""`cde-rag serve`: run the OpenAI-compatible embeddings server (see `cde_rag.server`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ._common import add_model_arguments, load_model
+
+HELP = "serve an OpenAI-compatible embeddings API (/v1/embeddings) with corpus contexts"
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {port}")
+    return port
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)",
+    )
+    parser.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every route but /health "
+        "(default: $CDE_RAG_API_KEY; no key when neither is set)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="folder for stored contexts (default ~/.local/share/cde-rag/server)",
+    )
+    parser.add_argument(
+        "--context",
+        default=None,
+        metavar="PATH",
+        help="context file (ctx.save / `cde-rag context save`) used when a request names "
+        "none; default: the model's random-strings fallback",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a request may wait for others to share its model call (default 5)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=256,
+        help="most texts merged into one model call (default 256)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level (default info)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..context import CorpusContext
+    from ..server import API_KEY_ENV, serve
+
+    model = load_model(args)
+    default_context = CorpusContext.load(args.context) if args.context else None
+    serve(
+        model,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        data_dir=args.data,
+        default_context=default_context,
+        max_wait=args.batch_wait_ms / 1000,
+        max_batch_texts=args.max_batch,
+        log_level=args.log_level,
+    )
+    return 0
