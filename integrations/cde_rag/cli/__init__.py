@@ -1,0 +1,109 @@
+"""`cde-rag`: the command line. Each subcommand lives in `cde_rag.cli.<name>`.
+
+A command module defines `HELP` (one line for `cde-rag --help`), `add_arguments(parser)` and
+`run(args) -> int`, and imports its heavy dependencies inside `run`, so `cde-rag --help` and
+argument errors stay instant. `main()` turns user errors into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from ..errors import CDEError
+
+COMMANDS = ("index", "query", "context", "serve", "demo", "bench", "eval")
+DEBUG_ENV = "CDE_RAG_DEBUG"
+
+
+def _command_module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__name__}.{name}":
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cde-rag",
+        description="Contextual document embeddings (cde-small-v2) for RAG: index files into "
+        "Chroma, query them, manage corpus contexts, serve an embeddings API, run the demo.",
+        epilog=f"Run 'cde-rag COMMAND --help' for a command's options. Set {DEBUG_ENV}=1 to "
+        "see tracebacks.",
+    )
+    parser.add_argument("--version", action="version", version=f"cde-rag {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = _command_module(name)
+        if module is None:
+            sub = commands.add_parser(name, help="(not available in this installation)")
+            sub.set_defaults(run=_unavailable(name))
+            continue
+        sub = commands.add_parser(
+            name,
+            help=module.HELP,
+            description=(module.__doc__ or module.HELP).strip().splitlines()[0],
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def _unavailable(name: str):
+    def run(args: argparse.Namespace) -> int:
+        raise CDEError(f"the '{name}' command is not available in this installation of cde-rag.")
+
+    return run
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or environment, shown as one line instead of a traceback."""
+    errors: list[type[BaseException]] = [CDEError, ValueError, OSError, ImportError]
+    chroma = sys.modules.get("chromadb.errors")
+    if chroma is not None:
+        errors.append(chroma.ChromaError)
+    return tuple(errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ImportError) and exc.name:
+        return (
+            f"missing package {exc.name!r}; install the extras this command needs, e.g. "
+            "pip install 'cde-rag[all]'"
+        )
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `cde-rag` script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("cde-rag: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error. Point stdout at devnull so
+        # the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV) or not isinstance(exc, _user_errors()):
+            raise
+        print(f"cde-rag {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+__all__ = ["COMMANDS", "build_parser", "main"]
