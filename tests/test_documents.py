@@ -235,8 +235,8 @@ def test_explicit_paths_missing_and_duplicates(tmp_path):
     assert [d.source for d in result.documents] == ["a.txt"]
     assert result.skipped == [
         (str(tmp_path / "nope.txt"), "no such file or folder"),
+        (str(tmp_path / "d" / ".." / "a.txt"), "no such file or folder"),  # d/ does not exist
         (str(a), "same file already loaded (duplicate path or link)"),
-        (str(tmp_path / "d" / ".." / "a.txt"), "no such file or folder"),
     ]
 
 

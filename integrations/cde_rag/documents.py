@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,6 +287,7 @@ def load_documents(
     *,
     recursive: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LoadResult:
     """Load files and folders; never raises for a bad file, it lands in `skipped` instead.
 
@@ -295,32 +296,43 @@ def load_documents(
     so a link cannot pull `/etc` into an index. A file's source is `<folder name>/<path in
     folder>` for walked files and its file name for files given directly, which keeps chunk
     ids the same whichever way the folder is spelled on the command line.
+    `progress(done, total)` is called as files are read.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     result = LoadResult()
-    seen: set[Path] = set()
+    candidates: list[tuple[Path, str]] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            _walk(path, recursive, max_bytes, result, seen)
+            _walk(path, recursive, candidates, result.skipped)
         elif path.exists() or path.is_symlink():
-            _load_into(path, path.name, max_bytes, result, seen)
+            candidates.append((path, path.name))
         else:
             result.skipped.append((str(path), "no such file or folder"))
+    seen: set[Path] = set()
+    if progress is not None:
+        progress(0, len(candidates))
+    for done, (file, source) in enumerate(candidates, 1):
+        _load_into(file, source, max_bytes, result, seen)
+        if progress is not None:
+            progress(done, len(candidates))
     return result
 
 
-def _walk(root: Path, recursive: bool, max_bytes: int, result: LoadResult, seen: set[Path]) -> None:
+def _walk(
+    root: Path, recursive: bool, found: list[tuple[Path, str]], skipped: list[tuple[str, str]]
+) -> None:
+    """Collect `(file, source)` for the files under `root` that may be read."""
     try:
         real_root = root.resolve(strict=True)
     except OSError as exc:
-        result.skipped.append((str(root), f"cannot open folder: {exc.strerror or exc}"))
+        skipped.append((str(root), f"cannot open folder: {exc.strerror or exc}"))
         return
     label = real_root.name or "root"
 
     def on_error(exc: OSError) -> None:
-        result.skipped.append((str(exc.filename), f"cannot list folder: {exc.strerror or exc}"))
+        skipped.append((str(exc.filename), f"cannot list folder: {exc.strerror or exc}"))
 
     for folder, dirs, files in os.walk(root, onerror=on_error):
         here = Path(folder)
@@ -328,30 +340,29 @@ def _walk(root: Path, recursive: bool, max_bytes: int, result: LoadResult, seen:
         for name in sorted(dirs):
             sub = here / name
             if name.startswith("."):
-                result.skipped.append((str(sub), "hidden folder, not read"))
+                skipped.append((str(sub), "hidden folder, not read"))
             elif sub.is_symlink():
-                result.skipped.append((str(sub), "symlinked folder, not followed"))
+                skipped.append((str(sub), "symlinked folder, not followed"))
             else:
                 kept.append(name)
         dirs[:] = kept if recursive else []
         for name in sorted(files):
             file = here / name
             if name.startswith("."):
-                result.skipped.append((str(file), "hidden file, not read"))
+                skipped.append((str(file), "hidden file, not read"))
                 continue
             if file.is_symlink():
                 try:
                     target = file.resolve(strict=True)
                 except (OSError, RuntimeError):
-                    result.skipped.append((str(file), "broken or looping symlink"))
+                    skipped.append((str(file), "broken or looping symlink"))
                     continue
                 if not target.is_relative_to(real_root):
-                    result.skipped.append(
+                    skipped.append(
                         (str(file), f"symlink to {target}, outside {root}; not followed")
                     )
                     continue
-            relative = file.relative_to(root).as_posix()
-            _load_into(file, f"{label}/{relative}", max_bytes, result, seen)
+            found.append((file, f"{label}/{file.relative_to(root).as_posix()}"))
 
 
 def _load_into(
