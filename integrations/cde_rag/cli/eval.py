@@ -1,0 +1,135 @@
+"""`cde-rag eval DATA`: retrieval quality on a BEIR folder, fitted context vs. fallback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ._common import add_model_arguments, load_model
+
+HELP = "measure retrieval quality (nDCG, recall, MRR) on a BEIR-format dataset"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--seeds",
+        default="42",
+        help="comma-separated minicorpus seeds, one fitted context each (default: 42); "
+        "with several, the table shows mean ± std",
+    )
+    parser.add_argument(
+        "--no-fallback",
+        action="store_true",
+        help="skip the random-strings fallback context",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="[NAME=]MODULE:CLASS[:JSON]",
+        help="a LangChain Embeddings class to compare with, built as CLASS(**JSON), e.g. "
+        """'openai=langchain_openai:OpenAIEmbeddings:{"model": "text-embedding-3-small"}'"""
+        " (repeatable)",
+    )
+    parser.add_argument("--split", default="test", help="qrels file to use (default: test)")
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated ranx metrics (default: ndcg@10,recall@10,recall@100,mrr@10)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=None, help="documents retrieved per query (default: 100)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="folder for report.json and report.png (default: ./cde-eval/<dataset name>)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where contexts and vectors are kept so an interrupted run resumes "
+        "(default: <output>/cache)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="texts embedded and saved per chunk, the unit of resumption (default: 1000)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate, load_beir
+
+    options: dict[str, Any] = {"seeds": parse_seeds(args.seeds)}
+    if args.metrics is not None:
+        options["metrics"] = args.metrics.split(",")
+    if args.k is not None:
+        options["k"] = args.k
+    if args.chunk_size is not None:
+        options["chunk_size"] = args.chunk_size
+    baselines = dict(parse_baseline(spec) for spec in args.baseline)
+    dataset = load_beir(args.data, split=args.split)  # fail on a bad folder before loading
+    output = args.output if args.output is not None else Path("cde-eval") / dataset.name
+    report = evaluate(
+        load_model(args),
+        dataset,
+        fallback=not args.no_fallback,
+        baselines=baselines,
+        cache_dir=args.cache_dir if args.cache_dir is not None else output / "cache",
+        **options,
+    )
+    paths = report.write(output)
+    print(report.table())
+    print(f"\nReport: {paths['json']}\nPlot:   {paths['plot']}")
+    return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(
+            f"--seeds takes comma-separated integers, e.g. 42,1,2; got {text!r}."
+        ) from None
+
+
+def parse_baseline(spec: str) -> tuple[str, Any]:
+    """`[NAME=]module:Class[:json-kwargs]` -> (NAME or Class, Class(**kwargs))."""
+    name, sep, target = spec.partition("=")
+    if not sep or ":" in name:  # no NAME= prefix (an "=" inside the JSON does not count)
+        name, target = "", spec
+    module_name, _, rest = target.partition(":")
+    class_name, _, raw_kwargs = rest.partition(":")
+    if not module_name or not class_name:
+        raise ValueError(
+            f"--baseline {spec!r}: expected [NAME=]MODULE:CLASS[:JSON], e.g. "
+            'langchain_openai:OpenAIEmbeddings:{"model": "text-embedding-3-small"}.'
+        )
+    try:
+        kwargs = json.loads(raw_kwargs) if raw_kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"--baseline {spec!r}: the keyword arguments are not JSON ({exc})."
+        ) from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--baseline {spec!r}: the keyword arguments must be a JSON object.")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except ImportError as exc:
+        raise ValueError(f"--baseline {spec!r}: cannot import {module_name} ({exc}).") from None
+    except AttributeError:
+        raise ValueError(f"--baseline {spec!r}: {module_name} has no {class_name}.") from None
+    try:
+        embeddings = cls(**kwargs)
+    except Exception as exc:
+        raise ValueError(f"--baseline {spec!r}: {class_name}(**{kwargs}) failed: {exc}") from exc
+    return name or class_name, embeddings
