@@ -1,0 +1,317 @@
+"""LlamaIndex adapter: `CDEEmbedding`, and `CDEContextFit` to fit the context inside a pipeline.
+
+    embed_model = CDEEmbedding(model_name="jxm/cde-small-v2")
+    index = VectorStoreIndex.from_documents(
+        documents,
+        embed_model=embed_model,
+        transformations=[SentenceSplitter(), CDEContextFit(embed_model)],
+    )
+
+`CDEContextFit` sees every chunk before the embedding step does, and fits the context on all of
+them once; later inserts keep that context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+    from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
+except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
+    raise ImportError(
+        'cde_rag.llama_index needs llama-index-core: pip install "cde-rag[llamaindex]"'
+    ) from exc
+from pydantic import Field, PrivateAttr, ValidationInfo, computed_field, field_validator
+
+from ._adapters import (
+    DEFAULT_MODEL,
+    ContextHolder,
+    ContextSource,
+    StaleVectorsWarning,
+    load_model,
+    require_text,
+    require_texts,
+)
+from .context import DEFAULT_SEED, CorpusContext
+from .errors import ContextMismatchError, InputError
+from .model import CDEModel, InputType
+from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
+
+__all__ = ["CDEContextFit", "CDEEmbedding", "StaleVectorsWarning"]
+
+_NO_PROCESSES = (
+    "cannot be sent to worker processes (IngestionPipeline.run(num_workers=...) > 1): each "
+    "worker would load its own model and see only its share of the chunks, so the context "
+    "would be fitted on part of the corpus. Run the pipeline with num_workers=None; the "
+    "embedding step is batched already."
+)
+
+
+class CDEEmbedding(BaseEmbedding):
+    """cde-small-v2 for LlamaIndex, conditioned on one corpus context.
+
+    Give the context up front: `corpus=` (fits now), `context=` (a `CorpusContext` or a saved
+    context file), `fallback=True`, or put `CDEContextFit(embed_model)` in the transformations.
+    Without one, embedding raises `NotFittedError`: LlamaIndex embeds in batches, and fitting
+    on the first batch would silently use part of the corpus.
+    """
+
+    model_name: str = Field(
+        default=DEFAULT_MODEL, description="Hub id or checkpoint folder of the model."
+    )
+    embed_batch_size: int = Field(default=32, gt=0, description="Texts per embedding call.")
+    cache_folder: str | None = Field(default=None, description="Download folder (private load).")
+    revision: str | None = Field(default=None, description="Hub revision to load.")
+    device: str | None = Field(default=None, description="cpu, cuda, ... (default: best).")
+    dtype: str | None = Field(default=None, description="float32 (exact) or bfloat16 (fast).")
+    show_progress_bar: bool = Field(default=False, description="Progress bars while fitting.")
+    query_instruction: str = Field(
+        default=QUERY_PREFIX, description="Fixed: the prefix the model was trained with."
+    )
+    text_instruction: str = Field(
+        default=DOCUMENT_PREFIX, description="Fixed: the prefix the model was trained with."
+    )
+    context_fingerprint: str | None = Field(
+        default=None,
+        description="Fingerprint of the corpus context in use; part of IngestionCache keys, so "
+        "cached vectors of another context are never reused.",
+    )
+
+    _holder: ContextHolder = PrivateAttr()
+
+    def __init__(
+        self,
+        model_name: str | CDEModel = DEFAULT_MODEL,
+        *,
+        model: str | CDEModel | None = None,
+        corpus: Iterable[str | BaseNode] | None = None,
+        context: ContextSource | None = None,
+        fallback: bool = False,
+        seed: int = DEFAULT_SEED,
+        **kwargs: Any,
+    ):
+        source = model if model is not None else model_name
+        name = source.name if isinstance(source, CDEModel) else source
+        expected = kwargs.pop("context_fingerprint", None)
+        super().__init__(model_name=name, **kwargs)
+        if sum(x is not None for x in (corpus, context)) + bool(fallback) > 1:
+            raise ValueError("Pass only one of corpus=, context= and fallback=True.")
+        loaded = load_model(
+            source,
+            revision=self.revision,
+            device=self.device,
+            dtype=self.dtype,
+            cache_folder=self.cache_folder,
+        )
+        self._holder = ContextHolder(loaded, type(self).__name__)
+        if corpus is not None:
+            self.fit(corpus, seed=seed)
+        elif context is not None:
+            self.set_context(context)
+        elif fallback:
+            self.use_fallback_context()
+        if expected is not None and expected != self.context_fingerprint:
+            raise ContextMismatchError(
+                f"context_fingerprint={expected!r} was given, but the context in use is "
+                f"{self.context_fingerprint!r}. The fingerprint follows the context: pass "
+                "context=<the saved context file> instead."
+            )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CDEEmbedding"
+
+    @field_validator("query_instruction", "text_instruction")
+    @classmethod
+    def _check_instruction(cls, value: str, info: ValidationInfo) -> str:
+        expected = QUERY_PREFIX if info.field_name == "query_instruction" else DOCUMENT_PREFIX
+        if value != expected:
+            raise ValueError(
+                f"{info.field_name} is fixed to {expected!r}: cde-small-v2 was trained with it "
+                "and the engine adds it to every text. Leave it at its default."
+            )
+        return value
+
+    @field_validator("embeddings_cache")
+    @classmethod
+    def _no_text_keyed_cache(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError(
+                "CDEEmbedding does not take embeddings_cache: it keys vectors by text alone, so "
+                "after a new context it would return vectors of the old one. Use an "
+                "IngestionPipeline cache instead (its keys include context_fingerprint)."
+            )
+        return value
+
+    # -- context -----------------------------------------------------------------------------
+
+    @property
+    def model(self) -> CDEModel:
+        """The loaded model; pass it as `model=` to other adapters to share its weights."""
+        return self._holder.model
+
+    @property
+    def context(self) -> CorpusContext | None:
+        return self._holder.context
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._holder.context is not None
+
+    def fit(self, corpus: Iterable[str | BaseNode], seed: int = DEFAULT_SEED) -> CDEEmbedding:
+        """Fit the context on the whole corpus (strings, Documents or nodes), replacing any other.
+
+        Nodes count with the text the embedding step sees (content plus embed metadata).
+        """
+        self._holder.fit(
+            _texts(corpus), seed=seed, batch_size=self.embed_batch_size, show_progress=self._bars
+        )
+        self._sync()
+        return self
+
+    def set_context(self, context: ContextSource) -> CDEEmbedding:
+        """Use a `CorpusContext`, or load one saved with `save_context`."""
+        self._holder.set(context)
+        self._sync()
+        return self
+
+    def use_fallback_context(self) -> CDEEmbedding:
+        """Opt in to the model card's no-corpus fallback (random strings); weaker than a fit."""
+        self._holder.use_fallback(batch_size=self.embed_batch_size, show_progress=self._bars)
+        self._sync()
+        return self
+
+    def save_context(self, path: str | os.PathLike) -> Path:
+        """Save the context next to the index, to reload it with `context=path`."""
+        return self._holder.save(path)
+
+    def _sync(self) -> None:
+        context = self._holder.context
+        self.context_fingerprint = context.fingerprint if context is not None else None
+
+    @property
+    def _bars(self) -> bool | None:
+        return True if self.show_progress_bar else None
+
+    # -- embedding ---------------------------------------------------------------------------
+
+    def _embed(self, texts: list[str], input_type: InputType) -> list[Embedding]:
+        vectors = self._holder.embed(
+            texts, input_type, batch_size=self.embed_batch_size, show_progress=self._bars
+        )
+        return vectors.tolist()
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._embed([require_text(query)], "query")[0]
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._embed([require_text(text, "text")], "document")[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._embed(require_texts(texts), "document")
+
+    # The base class would run async calls on the event loop, one text at a time; run whole
+    # batches in a worker thread instead (the model is thread-safe).
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError(f"CDEEmbedding {_NO_PROCESSES}")
+
+
+class CDEContextFit(TransformComponent):
+    """Fit `embed_model`'s context on all chunks, before the embedding step.
+
+    Put it after the splitter and before the embed model. It fits only while the model has no
+    context (or with `refit=True`), so incremental inserts keep the context the stored vectors
+    were made with. With `context_path`, the context is saved there after fitting and restored
+    from there by a new process, even when the IngestionCache skips this step.
+    """
+
+    embed_model: CDEEmbedding = Field(description="The embedding model whose context to fit.")
+    context_path: str | None = Field(
+        default=None, description="Where the pipeline's context is saved and restored from."
+    )
+    refit: bool = Field(default=False, description="Fit again on every run, replacing it.")
+    seed: int = Field(default=DEFAULT_SEED, description="Seed for sampling the minicorpus.")
+
+    def __init__(self, embed_model: CDEEmbedding, **kwargs: Any):
+        super().__init__(embed_model=embed_model, **kwargs)
+        if self.embed_model is not embed_model:
+            raise TypeError("embed_model must be the CDEEmbedding instance itself.")
+        self._restore()
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CDEContextFit"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cache_key(self) -> str:
+        """What IngestionCache keys this step on: a hit skips the call, so a hit is allowed only
+        when the model already holds its context; otherwise the step must run to fit it."""
+        fingerprint = self.embed_model.context_fingerprint
+        if fingerprint is None or self.refit:
+            return f"run-{uuid.uuid4().hex}"
+        return f"keep-{fingerprint}"
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        if not nodes:
+            return nodes
+        if not self.refit:
+            self._restore()
+        if self.refit or not self.embed_model.is_fitted:
+            self.embed_model.fit(nodes, seed=self.seed)
+            if self.context_path is not None:
+                self.embed_model.save_context(self.context_path)
+        return nodes
+
+    async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        return await asyncio.to_thread(self.__call__, nodes, **kwargs)
+
+    def _restore(self) -> None:
+        """Load the saved context into an unfitted model; refuse a model holding another one."""
+        if self.context_path is None or not Path(self.context_path).expanduser().exists():
+            return
+        if not self.embed_model.is_fitted:
+            self.embed_model.set_context(self.context_path)
+            return
+        saved = CorpusContext.load(self.context_path)
+        if not self.refit and saved != self.embed_model.context:
+            raise ContextMismatchError(
+                f"The embed model uses context {self.embed_model.context_fingerprint[:12]}, but "
+                f"{self.context_path} holds {saved.fingerprint[:12]}, the one this pipeline's "
+                "stored vectors were made with. Create the model with "
+                f"context={self.context_path!r}, or pass refit=True to fit anew (then re-embed "
+                "everything stored)."
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError(f"CDEContextFit {_NO_PROCESSES}")
+
+
+def _texts(corpus: object) -> list[str]:
+    if corpus is None or isinstance(corpus, (str, bytes, BaseNode)):
+        shown = "None" if corpus is None else f"one {type(corpus).__name__}"
+        raise InputError(f"corpus must be a list of strings, Documents or nodes, not {shown}.")
+    if not isinstance(corpus, Iterable):
+        raise InputError(
+            f"corpus must be a list of strings, Documents or nodes, got {type(corpus).__name__}."
+        )
+    return [
+        item.get_content(metadata_mode=MetadataMode.EMBED) if isinstance(item, BaseNode) else item
+        for item in corpus
+    ]
