@@ -451,9 +451,9 @@ class CDEModel:
         with torch.inference_mode():
             ctx_prefix = stage.prefix(prefix_rows)
             for batch in self._batches(token_ids, batch_size, show_progress, desc):
+                starts = [self._pool_start(token_ids[i]) for i in batch.indices]
                 ids = batch.input_ids.to(self.device)
-                mask = batch.attention_mask.to(self.device)
-                vectors = stage(ids, mask, ctx_prefix, self._pool_mask(ids, mask))
+                vectors = stage(ids, batch.lengths, ctx_prefix, starts)
                 out[batch.indices] = vectors.float().cpu().numpy()
         return out
 
@@ -461,21 +461,15 @@ class CDEModel:
         """Tokens each text takes after prefixing and truncation, special tokens included."""
         return self.encoder.count_tokens(check_texts(texts), _prefix(input_type))
 
-    def _pool_mask(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Which document positions are pooled: all real tokens, minus the prefix words when
-        `pool_ignore_instruction_tokens` is set (up to and including the first colon after 0)."""
-        if not self.config.pool_ignore_instruction_tokens or self.encoder.colon_id is None:
-            return mask
-        is_colon = (ids == self.encoder.colon_id) & mask.bool()
-        is_colon[:, 0] = False
-        has_colon = is_colon.any(dim=1)
-        first = torch.where(
-            has_colon,
-            is_colon.int().argmax(dim=1),
-            torch.full_like(has_colon, -1, dtype=torch.long),
-        )
-        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
-        return mask * (positions > first.unsqueeze(1)).to(mask.dtype)
+    def _pool_start(self, ids: Sequence[int]) -> int:
+        """The first pooled position: 0, or with `pool_ignore_instruction_tokens` the position
+        after the first colon past position 0 (the prefix words are left out)."""
+        colon = self.encoder.colon_id
+        if self.config.pool_ignore_instruction_tokens and colon is not None:
+            for position in range(1, len(ids)):
+                if ids[position] == colon:
+                    return position + 1
+        return 0
 
     # -- first stage ---------------------------------------------------------------------------
 
@@ -528,9 +522,7 @@ class CDEModel:
         try:
             with torch.inference_mode():
                 for batch in self._batches(token_ids, batch_size, show_progress, "Fitting context"):
-                    vectors = stage(
-                        batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
-                    )
+                    vectors = stage(batch.input_ids.to(self.device), batch.lengths)
                     out[batch.indices] = vectors.float().cpu().numpy()
         finally:
             del stage
@@ -589,7 +581,7 @@ class CDEModel:
         desc: str,
     ):
         size = _positive(self.batch_size if batch_size is None else batch_size, "batch_size")
-        batches = length_sorted_batches(token_ids, size, self.encoder.pad_id)
+        batches = length_sorted_batches(token_ids, size)
         show = self.show_progress if show_progress is None else show_progress
         if show is None:
             show = len(token_ids) >= PROGRESS_MIN_TEXTS

@@ -7,11 +7,12 @@ modules only map padded token ids to vectors.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import ModernBertConfig, ModernBertModel
 from transformers.models.modernbert.modeling_modernbert import ModernBertRotaryEmbedding
 
@@ -51,6 +52,163 @@ def _mlp(weights: Mapping[str, torch.Tensor], prefix: str, activation: nn.Module
     )
 
 
+# -- the backbone on packed (unpadded) sequences -------------------------------------------------
+
+
+def _linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` in the module's weight dtype (bfloat16 in fast mode), result in float32."""
+    return F.linear(x.to(module.weight.dtype), module.weight, module.bias).float()
+
+
+def _rotary(backbone: ModernBertModel, positions: torch.Tensor) -> dict[str, tuple]:
+    """Per layer type, float32 (cos, sin) halves for `positions`: positions stay exact."""
+    tables = {}
+    rotary = backbone.rotary_emb
+    for layer_type in set(backbone.config.layer_types):
+        inv_freq = getattr(rotary, f"{layer_type}_inv_freq").float()
+        scale = getattr(rotary, f"{layer_type}_attention_scaling")
+        angles = positions[:, None].float() * inv_freq[None, :]
+        tables[layer_type] = (angles.cos() * scale, angles.sin() * scale)
+    return tables
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of (rows, ..., head_dim) in float32, `cos`/`sin` of shape (rows, half)."""
+    half = x.shape[-1] // 2
+    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (half,)
+    cos, sin = cos.view(shape), sin.view(shape)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def _local_mask(q_start: int, n_queries: int, n_keys: int, window: int, device) -> torch.Tensor:
+    """Block-local mask: query block b (queries q_start+b*w ...) sees keys q_start+b*w-w ... +2w,
+    allowed where |query - key| <= window and the key exists."""
+    blocks = -(-n_queries // window)
+    i = torch.arange(window, device=device)
+    j = torch.arange(3 * window, device=device)
+    band = ((j[None, :] - i[:, None]) >= 0) & ((j[None, :] - i[:, None]) <= 2 * window)
+    key_pos = q_start + torch.arange(blocks, device=device)[:, None] * window - window + j[None, :]
+    valid = (key_pos >= 0) & (key_pos < n_keys)
+    return band[None, :, :] & valid[:, None, :]
+
+
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int, window: int | None, masks: dict
+) -> torch.Tensor:
+    """Attention of queries at positions q_start.. over all keys of one sequence.
+
+    q: (heads, n_queries, head_dim), k/v: (heads, n_keys, head_dim). A sliding-window layer
+    (`window` = how far each side a query sees) computes only the blocks its window touches,
+    instead of the full square with a mask.
+    """
+    n_queries, n_keys = q.shape[1], k.shape[1]
+    if window is None or n_keys <= 3 * window:
+        mask = None
+        if window is not None:
+            qpos = torch.arange(q_start, q_start + n_queries, device=q.device)
+            kpos = torch.arange(n_keys, device=q.device)
+            mask = (qpos[:, None] - kpos[None, :]).abs() <= window
+        return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask)[0]
+    blocks = -(-n_queries // window)
+    heads, dim = q.shape[0], q.shape[2]
+    q = F.pad(q, (0, 0, 0, blocks * window - n_queries)).view(heads, blocks, window, dim)
+    # Keys q_start-w .. q_start+blocks*w+w, zero-padded at both ends, cut into overlapping spans.
+    left = window - q_start
+    right = q_start + blocks * window + window - n_keys
+    span = 3 * window
+
+    def spans(x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 0, max(left, 0), max(right, 0)))[:, max(-left, 0) :]
+        return x.unfold(1, span, window).transpose(-1, -2)
+
+    key = (q_start, n_queries, n_keys, window)
+    if key not in masks:
+        masks[key] = _local_mask(q_start, n_queries, n_keys, window, q.device)
+    out = F.scaled_dot_product_attention(q, spans(k), spans(v), attn_mask=masks[key])
+    return out.reshape(heads, blocks * window, dim)[:, :n_queries]
+
+
+def run_backbone(
+    backbone: ModernBertModel,
+    hidden: torch.Tensor,
+    lengths: Sequence[int],
+    keep_from: Sequence[int],
+) -> torch.Tensor:
+    """ModernBERT's layers and final norm over packed sequences, without padding.
+
+    `hidden` (sum(lengths), d) holds the rows of each sequence one after another, after the
+    embedding LayerNorm; each sequence has its own positions 0.. and attends only to itself.
+    Returns, packed the same way, each sequence's rows from `keep_from[i]` on: the last layer
+    computes only those rows (the others are only keys and values there).
+    """
+    config = backbone.config
+    heads = config.num_attention_heads
+    head_dim = config.hidden_size // heads
+    device = hidden.device
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+    positions = torch.cat([torch.arange(n, device=device) for n in lengths])
+    tables = _rotary(backbone, positions)
+    keep = torch.cat(
+        [
+            torch.arange(s + k, s + n, device=device)
+            for s, n, k in zip(starts[:-1], lengths, keep_from, strict=True)
+        ]
+    )
+    masks: dict = {}
+    layers = list(backbone.layers)
+    x = hidden.float()
+    for index, layer in enumerate(layers):
+        last = index == len(layers) - 1
+        attn = layer.attn
+        cos, sin = tables[layer.attention_type]
+        window = None if attn.sliding_window is None else attn.sliding_window - 1
+        h = layer.attn_norm(x)
+        qkv = _linear(attn.Wqkv, h).view(-1, 3, heads, head_dim)
+        q, kv = qkv[:, 0], qkv[:, 1:]
+        kv = torch.cat((_rotate(kv[:, :1], cos, sin), kv[:, 1:]), dim=1)
+        if last:
+            q, cos, sin = q[keep], cos[keep], sin[keep]
+        q = _rotate(q, cos, sin).to(attn.Wo.weight.dtype)
+        kv = kv.to(attn.Wo.weight.dtype)
+        outputs, q_row = [], 0
+        for start, n, k in zip(starts[:-1], lengths, keep_from, strict=True):
+            q_start = k if last else 0
+            n_queries = n - q_start
+            if n_queries <= 0:
+                continue
+            out = _attention(
+                q[q_row : q_row + n_queries].transpose(0, 1),
+                kv[start : start + n, 0].transpose(0, 1),
+                kv[start : start + n, 1].transpose(0, 1),
+                q_start,
+                window,
+                masks,
+            )
+            outputs.append(out.transpose(0, 1).reshape(n_queries, heads * head_dim))
+            q_row += n_queries
+        if last:
+            x = x[keep]
+        if outputs:
+            x = x + _linear(attn.Wo, torch.cat(outputs))
+        mlp = layer.mlp
+        h = layer.mlp_norm(x).to(mlp.Wi.weight.dtype)
+        act, gate = F.linear(h, mlp.Wi.weight, mlp.Wi.bias).chunk(2, dim=-1)
+        x = x + _linear(mlp.Wo, mlp.act(act) * gate)
+    if not layers:
+        x = x[keep]
+    return backbone.final_norm(x)
+
+
+def _segment_means(rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """Mean of each run of `counts[i]` consecutive rows (zeros for an empty run)."""
+    sums = [part.sum(dim=0) for part in torch.split(rows, list(counts))]
+    totals = torch.tensor(counts, dtype=rows.dtype, device=rows.device)[:, None]
+    return torch.stack(sums) / (totals + 1e-20)
+
+
 class FirstStage(nn.Module):
     """Embeds minicorpus documents into dataset embeddings."""
 
@@ -60,9 +218,12 @@ class FirstStage(nn.Module):
             self.embedder = ModernBertModel(config)
         self.mlp = _mlp(weights, f"{FIRST_STAGE}mlp.", nn.GELU())
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.embedder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.mlp(masked_mean(hidden, attention_mask))
+    def forward(self, input_ids: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """Dataset embeddings of packed token ids (`lengths[i]` tokens per document)."""
+        embeddings = self.embedder.embeddings
+        hidden = embeddings.norm(embeddings.tok_embeddings(input_ids).float())
+        rows = run_backbone(self.embedder, hidden, lengths, [0] * len(lengths))
+        return self.mlp(_segment_means(rows, lengths))
 
 
 class SecondStage(nn.Module):
@@ -100,25 +261,37 @@ class SecondStage(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        lengths: Sequence[int],
         prefix: torch.Tensor,
-        pool_mask: torch.Tensor,
+        pool_starts: Sequence[int],
     ) -> torch.Tensor:
-        """Normalised embeddings; `pool_mask` marks the document positions that are pooled."""
-        batch = input_ids.shape[0]
+        """Normalised embeddings of packed token ids (`lengths[i]` tokens per text); each
+        text's pooled tokens are those from `pool_starts[i]` on (see `pool_ignore_*`)."""
+        embeddings = self.backbone.embeddings
         n_prefix = prefix.shape[0]
-        tokens = self.backbone.embeddings(input_ids=input_ids)
-        inputs = torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1), tokens], dim=1)
-        prefix_mask = torch.ones(
-            batch, n_prefix, dtype=attention_mask.dtype, device=attention_mask.device
-        )
-        hidden = self.backbone(
-            inputs_embeds=inputs, attention_mask=torch.cat([prefix_mask, attention_mask], dim=1)
-        ).last_hidden_state
+        # Document tokens pass the embedding LayerNorm twice (once as tokens, once as inputs),
+        # prefix rows once: as the reference does.
+        tokens = embeddings.norm(embeddings.norm(embeddings.tok_embeddings(input_ids).float()))
+        prefix = embeddings.norm(prefix.float())
+        parts = []
+        for doc in torch.split(tokens, list(lengths)):
+            parts += [prefix, doc]
+        sizes = [n_prefix + n for n in lengths]
         if self.pool_ignore_contextual_tokens:
-            pooled = masked_mean(hidden[:, n_prefix:], pool_mask)
+            keep = [n_prefix + start for start in pool_starts]
+            rows = run_backbone(self.backbone, torch.cat(parts), sizes, keep)
+            pooled = _segment_means(
+                rows, [n - start for n, start in zip(lengths, pool_starts, strict=True)]
+            )
         else:
-            pooled = masked_mean(hidden, torch.cat([prefix_mask, pool_mask], dim=1))
+            rows = run_backbone(self.backbone, torch.cat(parts), sizes, [0] * len(lengths))
+            kept = []
+            for seq, start in zip(torch.split(rows, sizes), pool_starts, strict=True):
+                kept += [seq[:n_prefix], seq[n_prefix + start :]]
+            rows = torch.cat(kept)
+            pooled = _segment_means(
+                rows, [n_prefix + n - s for n, s in zip(lengths, pool_starts, strict=True)]
+            )
         out = self.output_projection(pooled) + pooled
         return out / out.norm(dim=-1, keepdim=True)
 
@@ -175,9 +348,14 @@ def load_stage(
     backbones = [sub for sub in module.modules() if isinstance(sub, ModernBertModel)]
     for sub in backbones:  # off the meta device before moving
         sub.rotary_emb = ModernBertRotaryEmbedding(config=sub.config)
-    module = module.to(device=device, dtype=dtype)
-    # Rotary frequencies are non-persistent buffers: rebuild them in float32 on the device, so a
-    # bfloat16 model keeps exact positions.
+    module = module.to(device=device, dtype=torch.float32)
+    # Fast mode: only the layers' matrix multiplies run in `dtype`; embeddings, norms, rotary,
+    # attention softmax, pooling and projections stay float32, where precision matters.
+    for sub in backbones:
+        for layer in sub.layers:
+            for linear in (layer.attn.Wqkv, layer.attn.Wo, layer.mlp.Wi, layer.mlp.Wo):
+                linear.to(dtype=dtype)
+    # Rotary frequencies are non-persistent buffers: rebuild them in float32 on the device.
     for sub in backbones:
         sub.rotary_emb = ModernBertRotaryEmbedding(config=sub.config, device=device)
     return module.eval().requires_grad_(False)

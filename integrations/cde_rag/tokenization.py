@@ -79,24 +79,18 @@ class TextEncoder:
 
 @dataclass
 class Batch:
-    """A padded batch and where its rows go in the caller's order."""
+    """Texts packed one after another, without padding, and where they go in the caller's order."""
 
     indices: list[int]
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    input_ids: torch.Tensor  # (sum(lengths),)
+    lengths: list[int]
 
 
-def length_sorted_batches(
-    token_ids: Sequence[Sequence[int]], batch_size: int, pad_id: int
-) -> Iterator[Batch]:
-    """Batches of similar length, longest first, so padding (and wasted compute) stays small."""
+def length_sorted_batches(token_ids: Sequence[Sequence[int]], batch_size: int) -> Iterator[Batch]:
+    """Batches of up to `batch_size` texts, longest first, packed without padding: no compute
+    is spent on pad tokens, and similar lengths keep each batch's work even."""
     order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        width = len(token_ids[indices[0]])
-        ids = np.full((len(indices), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(indices), width), dtype=np.int64)
-        for row, i in enumerate(indices):
-            ids[row, : len(token_ids[i])] = token_ids[i]
-            mask[row, : len(token_ids[i])] = 1
-        yield Batch(indices, torch.from_numpy(ids), torch.from_numpy(mask))
+        ids = np.concatenate([np.asarray(token_ids[i], dtype=np.int64) for i in indices])
+        yield Batch(indices, torch.from_numpy(ids), [len(token_ids[i]) for i in indices])
