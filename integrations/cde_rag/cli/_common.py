@@ -91,8 +91,9 @@ def add_store_arguments(parser: argparse.ArgumentParser, *, collection: bool = T
     )
 
 
-def open_client(args: argparse.Namespace) -> ClientAPI:
-    """A Chroma client for --db or --chroma-url, with Chroma's telemetry off."""
+def open_client(args: argparse.Namespace, *, create: bool = False) -> ClientAPI:
+    """A Chroma client for --db or --chroma-url, with Chroma's telemetry off. A missing --db
+    folder is created only when `create` (indexing); reading commands say it is missing."""
     import chromadb
 
     settings = chromadb.Settings(anonymized_telemetry=False)
@@ -119,7 +120,13 @@ def open_client(args: argparse.Namespace) -> ClientAPI:
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"--db must be a folder, but {path} is a file.")
-    path.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        if not create:
+            raise FileNotFoundError(
+                f"no Chroma database at {path}; index documents into it first "
+                f"(cde-rag index PATHS --collection NAME --db {path}) or pass the right --db."
+            )
+        path.mkdir(parents=True)
     return chromadb.PersistentClient(path=str(path), settings=settings)
 
 

@@ -1,0 +1,161 @@
+"""`cde-rag context fit|show|save`: corpus contexts as files you can inspect and reuse.
+
+A context file (safetensors + JSON, written atomically) pins the corpus a set of vectors was
+embedded against; `cde-rag serve --context FILE` and `CorpusContext.load` read it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    add_model_arguments,
+    add_store_arguments,
+    describe_store,
+    load_model,
+    open_client,
+)
+
+HELP = "fit a corpus context from files, show one, or save a collection's to a file"
+SAMPLE_CHARS = 100
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    fit = actions.add_parser(
+        "fit",
+        help="fit a context on files (chunked as `index` chunks them) and save it",
+        description="Fit a corpus context on the chunks of FILES and save it to -o.",
+    )
+    fit.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to fit on")
+    fit.add_argument("-o", "--output", type=Path, required=True, help="context file to write")
+    add_model_arguments(fit)
+    fit.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
+    fit.add_argument("--chunk-size", type=int, default=1000, help="(default 1000)")
+    fit.add_argument("--chunk-overlap", type=int, default=150, help="(default 150)")
+    fit.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    fit.set_defaults(action_run=_fit)
+
+    show = actions.add_parser(
+        "show",
+        help="describe a context file or a collection's context",
+        description="Describe a context: from a file (PATH) or a collection (--collection).",
+    )
+    show.add_argument("path", nargs="?", type=Path, metavar="PATH", help="context file")
+    _add_optional_store(show)
+    show.add_argument("--json", action="store_true", help="print as JSON")
+    show.add_argument(
+        "--sample", type=int, default=5, help="minicorpus documents to show (default 5)"
+    )
+    show.set_defaults(action_run=_show)
+
+    save = actions.add_parser(
+        "save",
+        help="save a collection's stored context to a file",
+        description="Write the context stored with --collection to -o (atomically).",
+    )
+    add_store_arguments(save)
+    save.add_argument("-o", "--output", type=Path, required=True, help="context file to write")
+    save.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    save.set_defaults(action_run=_save)
+
+
+def _add_optional_store(parser: argparse.ArgumentParser) -> None:
+    add_store_arguments(parser, collection=False)
+    parser.add_argument("--collection", "-c", default=None, metavar="NAME", help="collection")
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.action_run(args))
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from ..documents import DocumentError, chunk_documents, load_documents
+
+    _refuse_overwrite(args.output, args.force)
+    loaded = load_documents(args.paths)
+    for path, reason in loaded.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    chunks = chunk_documents(
+        loaded.documents, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap
+    )
+    if not chunks:
+        raise DocumentError("no readable text in the files given; nothing to fit a context on.")
+    model = load_model(args)
+    context = model.fit_context([c.text for c in chunks], seed=args.seed, show_progress=True)
+    context.save(args.output)
+    print(
+        f"Saved context {context.fingerprint} ({context.size}x{context.dim}, fitted on "
+        f"{len(chunks)} chunks of {len(loaded.documents)} files, seed {args.seed}) to "
+        f"{args.output}"
+    )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from ..context import CorpusContext
+
+    if (args.path is None) == (args.collection is None):
+        raise ValueError("context show takes a context file PATH or --collection NAME (one).")
+    if args.path is not None:
+        context = CorpusContext.load(args.path)
+        where = str(args.path)
+    else:
+        context = _collection_context(args)
+        where = f"collection {args.collection!r} in {describe_store(args)}"
+    info = context.describe(sample=max(args.sample, 0))
+    if args.json:
+        print(json.dumps({"where": where, **info}, indent=2, ensure_ascii=False))
+        return 0
+    print(f"Context of {where}")
+    for key, value in info.items():
+        if key != "sample":
+            print(f"  {key}: {value}")
+    if info["sample"]:
+        print("  minicorpus sample:")
+        for text in info["sample"]:
+            print(f"    - {_preview(text)}")
+    return 0
+
+
+def _save(args: argparse.Namespace) -> int:
+    _refuse_overwrite(args.output, args.force)
+    context = _collection_context(args)
+    context.save(args.output)
+    print(f"Saved context {context.fingerprint} of {args.collection!r} to {args.output}")
+    return 0
+
+
+def _collection_context(args: argparse.Namespace) -> Any:
+    """The stored context, read without loading the model (only the context is needed)."""
+    from chromadb.errors import NotFoundError
+
+    from .. import chroma
+    from ..errors import CDEError
+
+    client = open_client(args)
+    try:
+        raw = client.get_collection(args.collection, embedding_function=None)
+    except NotFoundError:
+        raise CDEError(
+            f"no collection {args.collection!r} in {describe_store(args)}; create it with "
+            f"cde-rag index PATHS --collection {args.collection}."
+        ) from None
+    return chroma.get_context(raw)
+
+
+def _refuse_overwrite(path: Path, force: bool) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"-o must be a file path, but {path} is a folder.")
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it.")
+
+
+def _preview(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"

@@ -1,0 +1,365 @@
+"""Index files into a cde-rag Chroma collection, resumably; query it back.
+
+Ingestion runs in four phases: load files, chunk them, fit the corpus context on *all* chunks
+(only when the collection is new: an existing collection keeps the context its vectors were
+embedded with), then embed and store the chunks not stored yet. Chunk ids are derived from
+content, and storing skips ids already in the collection, so a run killed at any moment is
+finished by running it again: nothing is stored twice, nothing is lost, the context stays.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from .context import DEFAULT_SEED
+from .documents import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_BYTES,
+    Chunk,
+    Document,
+    DocumentError,
+    chunk_documents,
+    load_documents,
+)
+from .model import CDEModel, DTypeLike
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+ProgressCallback = Callable[[str, int, int], None]
+"""`progress(phase, done, total)`; phases are "load", "chunk", "context", "store"."""
+PHASES = ("load", "chunk", "context", "store")
+# Chroma's rule for names, minus room for the suffix of the collection that holds the context.
+_MAX_NAME = 512 - len("-cde-context-0123456789abcdef")
+_COLLECTION_NAME = re.compile(rf"[a-zA-Z0-9](?:[a-zA-Z0-9._-]{{1,{_MAX_NAME - 2}}})[a-zA-Z0-9]")
+# Test hook: seconds to pause after every progress step, so a test can kill the process at
+# known points (between stored batches, before the fit). Unset in normal use.
+STEP_DELAY_ENV = "CDE_RAG_TEST_STEP_DELAY"
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What an indexing run did.
+
+    `chunks` = `added` + `skipped`: chunks embedded and stored now, and chunks an earlier run
+    had stored already. `errors` lists `(path, reason)` for files that could not be read.
+    """
+
+    collection: str
+    files: int
+    chunks: int
+    added: int
+    skipped: int
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    context: str = ""
+    new_collection: bool = False
+
+    def summary(self) -> str:
+        how = "fitted on these chunks" if self.new_collection else "kept from the collection"
+        return (
+            f"Indexed {self.files} files into {self.collection!r}: {self.chunks} chunks, "
+            f"{self.added} added, {self.skipped} already stored, {len(self.errors)} files "
+            f"skipped; context {self.context[:12]} ({how})."
+        )
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk: `score` is cosine similarity (1 is identical)."""
+
+    rank: int
+    id: str
+    text: str
+    source: str
+    chunk: int
+    score: float
+    metadata: dict[str, Any]
+
+
+def index_paths(
+    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    client: ClientAPI,
+    collection: str,
+    model: str | os.PathLike[str] | CDEModel | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+    seed: int = DEFAULT_SEED,
+    recursive: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    batch_size: int | None = None,
+    embedding_cache: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    dtype: DTypeLike = None,
+    show_progress: bool | None = None,
+    progress: ProgressCallback | None = None,
+) -> IndexReport:
+    """Load files and folders, then `index_documents` them (see there). Unreadable files are
+    reported in `IndexReport.errors`; if no file at all can be read, `DocumentError`."""
+    check_collection_name(collection)
+    report = _Reporter(progress, show_progress)
+    loaded = load_documents(
+        paths,
+        recursive=recursive,
+        max_bytes=max_bytes,
+        progress=lambda done, total: report("load", done, total),
+    )
+    if not loaded.documents:
+        report.close()
+        detail = "; ".join(f"{p}: {why}" for p, why in loaded.skipped[:3]) or "no files given"
+        more = f" (and {len(loaded.skipped) - 3} more)" if len(loaded.skipped) > 3 else ""
+        raise DocumentError(
+            f"Nothing to index: no readable .txt/.md/.pdf/.html file among the paths given "
+            f"({detail}{more})."
+        )
+    result = _index(
+        loaded.documents,
+        client,
+        collection,
+        model,
+        chunk_size,
+        chunk_overlap,
+        seed,
+        batch_size,
+        embedding_cache,
+        device,
+        dtype,
+        show_progress,
+        report,
+    )
+    return replace(result, errors=list(loaded.skipped))
+
+
+def index_documents(
+    documents: Sequence[Document],
+    *,
+    client: ClientAPI,
+    collection: str,
+    model: str | os.PathLike[str] | CDEModel | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+    seed: int = DEFAULT_SEED,
+    batch_size: int | None = None,
+    embedding_cache: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    dtype: DTypeLike = None,
+    show_progress: bool | None = None,
+    progress: ProgressCallback | None = None,
+) -> IndexReport:
+    """Chunk documents, fit the context (new collection only), embed and store new chunks.
+
+    `model` defaults to cde-small-v2 for a new collection and to the collection's own model
+    for an existing one (passing one there must name the same model). `embedding_cache` is a
+    SQLite file that keeps computed vectors, so re-indexing the same chunks under the same
+    context re-embeds nothing.
+    """
+    check_collection_name(collection)
+    return _index(
+        documents,
+        client,
+        collection,
+        model,
+        chunk_size,
+        chunk_overlap,
+        seed,
+        batch_size,
+        embedding_cache,
+        device,
+        dtype,
+        show_progress,
+        _Reporter(progress, show_progress),
+    )
+
+
+def _index(
+    documents: Sequence[Document],
+    client: ClientAPI,
+    collection: str,
+    model: str | os.PathLike[str] | CDEModel | None,
+    chunk_size: int,
+    chunk_overlap: int,
+    seed: int,
+    batch_size: int | None,
+    embedding_cache: str | os.PathLike[str] | None,
+    device: str | None,
+    dtype: DTypeLike,
+    show_progress: bool | None,
+    report: _Reporter,
+) -> IndexReport:
+    from . import chroma
+
+    report("chunk", 0, len(documents))
+    chunks = chunk_documents(documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    report("chunk", len(documents), len(documents))
+    if not chunks:
+        report.close()
+        raise DocumentError("Nothing to index: the documents have no text to chunk.")
+
+    store, new = _open_or_create(
+        client, collection, chunks, model, seed, device, dtype, show_progress, report
+    )
+    loaded = chroma.get_model(store)
+    if embedding_cache is not None:
+        loaded.use_embedding_cache(embedding_cache)
+    added = chroma.add_documents(
+        store,
+        [c.text for c in chunks],
+        ids=[c.id for c in chunks],
+        metadatas=[c.metadata for c in chunks],
+        batch_size=batch_size,
+        show_progress=False,
+        progress=lambda done, total: report("store", done + len(chunks) - total, len(chunks)),
+    )
+    report.close()
+    return IndexReport(
+        collection=collection,
+        files=len(documents),
+        chunks=len(chunks),
+        added=added.added,
+        skipped=added.skipped,
+        context=chroma.get_context(store).fingerprint,
+        new_collection=new,
+    )
+
+
+def check_collection_name(name: str) -> str:
+    """Refuse a name Chroma would refuse, before any file is read or context fitted."""
+    if not isinstance(name, str) or not _COLLECTION_NAME.fullmatch(name):
+        raise ValueError(
+            f"Invalid collection name {name!r}: use 3-{_MAX_NAME} characters from a-z, A-Z, "
+            "0-9, '.', '_' and '-', starting and ending with a letter or digit."
+        )
+    return name
+
+
+def _open_or_create(
+    client: ClientAPI,
+    name: str,
+    chunks: list[Chunk],
+    model: str | os.PathLike[str] | CDEModel | None,
+    seed: int,
+    device: str | None,
+    dtype: DTypeLike,
+    show_progress: bool | None,
+    report: _Reporter,
+) -> tuple[Collection, bool]:
+    from chromadb.errors import NotFoundError
+
+    from . import chroma
+
+    try:
+        return chroma.open_collection(client, name, model=model, device=device, dtype=dtype), False
+    except NotFoundError:
+        pass
+    report("context", 0, 1)
+    store = chroma.create_collection(
+        client,
+        name,
+        model=model if model is not None else chroma.DEFAULT_MODEL,
+        corpus=[c.text for c in chunks],
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        get_or_create=True,  # another process may create it meanwhile: then use its context
+        show_progress=show_progress,
+    )
+    report("context", 1, 1)
+    return store, True
+
+
+class _Reporter:
+    """Sends phase progress to the caller's callback, or to one tqdm bar per phase."""
+
+    def __init__(self, callback: ProgressCallback | None, show: bool | None):
+        self.callback = callback
+        self.show = show is not False and callback is None
+        self.bar: Any = None
+        self.phase = ""
+        delay = os.environ.get(STEP_DELAY_ENV)
+        self.delay = float(delay) if delay else 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.callback is not None:
+            self.callback(phase, done, total)
+        elif self.show:
+            if phase != self.phase:
+                self.close()
+                self.phase = phase
+                self.bar = tqdm(total=total, desc=_LABELS[phase], unit=_UNITS[phase])
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
+        if self.delay:
+            time.sleep(self.delay)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+_LABELS = {
+    "load": "Reading files",
+    "chunk": "Chunking",
+    "context": "Fitting context",
+    "store": "Embedding+storing",
+}
+_UNITS = {"load": "file", "chunk": "doc", "context": "fit", "store": "chunk"}
+
+
+# -- querying ---------------------------------------------------------------------------------
+
+
+def query_collection(
+    collection: Collection,
+    query: str,
+    *,
+    k: int = 5,
+    where: dict[str, Any] | None = None,
+) -> list[Hit]:
+    """The `k` chunks nearest to `query`, best first, embedded with the collection's context."""
+    from . import chroma
+
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("The query is empty; pass the question or text to search for.")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}.")
+    model = chroma.get_model(collection)
+    vector = model.embed_queries([query], context=chroma.get_context(collection))
+    found = collection.query(
+        query_embeddings=vector,
+        n_results=k,
+        where=where,
+        include=["documents", "metadatas", "distances"],  # type: ignore[list-item]
+    )
+    hits = []
+    rows = zip(
+        found["ids"][0],
+        (found["documents"] or [[]])[0],
+        (found["metadatas"] or [[]])[0],
+        (found["distances"] or [[]])[0],
+        strict=True,
+    )
+    for rank, (doc_id, text, meta, distance) in enumerate(rows, 1):
+        meta = dict(meta or {})
+        hits.append(
+            Hit(
+                rank=rank,
+                id=doc_id,
+                text=text or "",
+                source=str(meta.get("source", "")),
+                chunk=int(meta.get("chunk", -1)),
+                score=1.0 - float(distance),
+                metadata=meta,
+            )
+        )
+    return hits
