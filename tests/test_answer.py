@@ -51,6 +51,21 @@ def test_split_sentences_on_punctuation_and_lines():
     ]
 
 
+def test_split_sentences_joins_wrapped_lines_but_keeps_headings_and_items():
+    text = (
+        "# Brewing\nGreen tea likes water at\n80 degrees. Black tea\nwants 95.\n"
+        "- one item\n  wrapped\n- two\n\nNew paragraph"
+    )
+    assert split_sentences(text) == [
+        "# Brewing",
+        "Green tea likes water at 80 degrees.",
+        "Black tea wants 95.",
+        "- one item wrapped",
+        "- two",
+        "New paragraph",
+    ]
+
+
 def test_terms_drop_stopwords_and_fold_plurals():
     assert terms("What are the Cats doing in the glass houses?") == {"cat", "glass", "house"}
 

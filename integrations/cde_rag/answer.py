@@ -24,10 +24,11 @@ ENV_BASE_URL = "CDE_RAG_LLM_BASE_URL"
 ENV_MODEL = "CDE_RAG_LLM_MODEL"
 ENV_API_KEY = "CDE_RAG_LLM_API_KEY"
 
-# Sentence ends: . ! ? (optionally followed by closing quotes/brackets) then whitespace, or a
-# line break. Line breaks count because chunks of Markdown/HTML/PDF text are full of headings
-# and list items that have no final punctuation.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'”’)\]])\s+|\s*\n+\s*")
+# Sentence ends: . ! ? (optionally followed by a closing quote or bracket), then whitespace.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'”’)\]])\s+")
+# Lines that stand alone even without final punctuation: Markdown headings, list items, quotes.
+_BLOCK_LINE = re.compile(r"(?:#{1,6}\s|[-*+•>]\s|\d{1,3}[.)]\s)")
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _CITATION = re.compile(r"\[(\d+)\]")
 # Words that carry no meaning for matching a sentence to a question.
@@ -63,8 +64,28 @@ class Source:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences and stand-alone lines of `text`, whitespace-trimmed, empty ones dropped."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    """Sentences of `text`, whitespace-squeezed, empty ones dropped.
+
+    Paragraphs (blank-line separated) never share a sentence. Inside one, hard-wrapped lines
+    are joined back (text files and PDFs wrap mid-sentence), except that headings, list items
+    and quotes stay lines of their own, since they rarely end in punctuation.
+    """
+    sentences = []
+    for paragraph in _PARAGRAPH.split(text):
+        segments: list[str] = []
+        standalone = True  # the previous segment must not absorb the next line
+        for line in (line.strip() for line in paragraph.splitlines()):
+            if not line:
+                continue
+            block = bool(_BLOCK_LINE.match(line))
+            if segments and not block and not standalone:
+                segments[-1] += " " + line
+            else:
+                segments.append(line)
+            standalone = block and line.startswith("#")  # a heading never continues
+        for segment in segments:
+            sentences += [" ".join(s.split()) for s in _SENTENCE_END.split(segment) if s.strip()]
+    return sentences
 
 
 def terms(text: str) -> set[str]:
