@@ -112,10 +112,10 @@ def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
             "misspelled option would otherwise be ignored silently.",
             param,
         )
-    if kind == "missing":
-        return f"Missing required parameter: '{param}'.", param
     if not loc:
         return "The request body must be a JSON object.", None
+    if kind == "missing":
+        return f"Missing required parameter: '{param}'.", param
     return f"Invalid value for '{param}': {error.get('msg', 'invalid')}.", param
 
 
@@ -228,7 +228,10 @@ class ContextStore:
     def __init__(self, model: CDEModel, folder: Path):
         self.model = model
         self.folder = folder
+        # `_lock` guards the dicts for a moment; `_write_lock` orders the slow disk writes,
+        # so requests that only read a context never wait for an fsync.
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._contexts: dict[str, CorpusContext] = {}
         self._unusable: dict[str, str] = {}
         folder.mkdir(parents=True, exist_ok=True)
@@ -239,7 +242,7 @@ class ContextStore:
                 continue
             try:
                 self._contexts[context_id] = model.check_context(CorpusContext.load(path))
-            except ContextError as exc:
+            except (ContextError, OSError) as exc:
                 self._unusable[context_id] = str(exc)
                 log.warning("Context %r is stored but unusable: %s", context_id, exc)
 
@@ -288,11 +291,13 @@ class ContextStore:
         context_id = check_context_id(context_id or f"ctx-{ctx.fingerprint[:16]}", "id")
         if context_id == DEFAULT_CONTEXT_ID:
             raise APIError(400, "The id 'default' names the server's default context.", param="id")
-        with self._lock:
-            existing = self._contexts.get(context_id)
+        with self._write_lock:
+            with self._lock:
+                existing = self._contexts.get(context_id)
+                taken = existing is not None or context_id in self._unusable
             if existing is not None and existing.fingerprint == ctx.fingerprint:
                 return context_id, False
-            if existing is not None or context_id in self._unusable:
+            if taken:
                 raise APIError(
                     409,
                     f"Context id {context_id!r} is taken by another context. Choose another "
@@ -301,17 +306,21 @@ class ContextStore:
                     code="context_exists",
                 )
             ctx.save(self._path(context_id))
-            self._contexts[context_id] = ctx
+            with self._lock:
+                self._contexts[context_id] = ctx
         return context_id, True
 
     def delete(self, context_id: str) -> None:
         check_context_id(context_id)
-        with self._lock:
-            if context_id not in self._contexts and context_id not in self._unusable:
+        with self._write_lock:
+            with self._lock:
+                known = context_id in self._contexts or context_id in self._unusable
+            if not known:
                 raise _not_found(context_id)
             self._path(context_id).unlink(missing_ok=True)
-            self._contexts.pop(context_id, None)
-            self._unusable.pop(context_id, None)
+            with self._lock:
+                self._contexts.pop(context_id, None)
+                self._unusable.pop(context_id, None)
 
 
 def _not_found(context_id: str) -> APIError:

@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     from ..context import CorpusContext
     from ..server import API_KEY_ENV, serve
 
-    model = load_model(args)
+    # Read the context file first: a wrong path fails in a second, not after the model loads.
     default_context = CorpusContext.load(args.context) if args.context else None
+    model = load_model(args)
     serve(
         model,
         host=args.host,
