@@ -548,10 +548,17 @@ def test_cli_errors_are_one_line_and_exit_nonzero(tiny_path, tmp_path):
         f"cde-rag serve: error: No context file at {missing}. Save one with ctx.save(path) or "
         "fit a new one with model.fit_context(corpus)."
     ]
-    bad_port = subprocess.run(
-        [*command, "--port", "70000"], capture_output=True, text=True, timeout=120
-    )
-    assert bad_port.returncode == 2 and "port must be between 1 and 65535" in bad_port.stderr
+
+
+def test_cli_rejects_a_bad_port_before_loading_anything(capsys):
+    from cde_rag.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["serve", "--port", "70000"])
+    assert exit_.value.code == 2
+    assert "port must be between 1 and 65535" in capsys.readouterr().err
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.api_key) == ("127.0.0.1", 8000, None)
 
 
 def test_exposure_warning_only_off_loopback():
