@@ -66,10 +66,12 @@ SPACE: Space = "cosine"
 _ROLE_KEY = "cde_rag_role"
 _ROLE_CONTEXT = "context"
 _META_PREFIX = "cde_rag_"
-# Staging collections of an interrupted rebuild record what they replace.
+# A rebuild's staging collection records the context collection (and its owner) it replaces.
 _REBUILD_SUFFIX = "-cde-rebuild"
-_REBUILD_OF_KEY = "cde_rag_rebuild_of"
 _REPLACES_KEY = "cde_rag_replaces_context"
+_REPLACES_OWNER_KEY = "cde_rag_replaces_owner"
+# The id of the collection whose vectors a context collection's context made.
+_OWNER_KEY = "cde_rag_owner"
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -131,30 +133,53 @@ def _row_ids(size: int) -> list[str]:
     return [f"{i:06d}" for i in range(size)]
 
 
-def _write_context(client: ClientAPI, name: str, context: CorpusContext) -> None:
-    """Store the context's rows in companion collection `name` (replacing a partial one)."""
-    try:
-        existing = client.get_collection(name, embedding_function=None)
-    except NotFoundError:
-        existing = None
-    if existing is not None:
-        try:
-            _read_context(existing, context.fingerprint)
-            return  # a complete copy from an earlier, interrupted run
-        except ContextError:
-            client.delete_collection(name)  # torn by a crash; nothing uses it yet
-    store = client.create_collection(
-        name, embedding_function=None, metadata=_context_metadata(context)
-    )
-    ids = _row_ids(context.size)
-    step = client.get_max_batch_size()
-    for start in range(0, context.size, step):
-        end = start + step
-        store.add(
-            ids=ids[start:end],
-            embeddings=context.embeddings[start:end],
-            documents=list(context.minicorpus[start:end]) if context.minicorpus else None,
+def _write_context(client: ClientAPI, base: str, context: CorpusContext) -> str:
+    """Store the context's rows in a companion collection; return its name.
+
+    A complete copy left by an interrupted run is reused and a torn one replaced; a name taken
+    by the context of a live collection (one renamed away, say) is skipped.
+    """
+    for attempt in range(1, 100):
+        name = base if attempt == 1 else f"{base}-{attempt}"
+        existing = _get_raw(client, name)
+        if existing is not None:
+            owner = (existing.metadata or {}).get(_OWNER_KEY)
+            if owner and _alive(client, str(owner)):
+                continue
+            try:
+                _read_context(existing, context.fingerprint)
+                return name
+            except ContextError:
+                client.delete_collection(name)  # torn by a crash; no collection uses it
+        store = client.create_collection(
+            name, embedding_function=None, metadata=_context_metadata(context)
         )
+        ids = _row_ids(context.size)
+        step = client.get_max_batch_size()
+        for start in range(0, context.size, step):
+            end = start + step
+            store.add(
+                ids=ids[start:end],
+                embeddings=context.embeddings[start:end],
+                documents=list(context.minicorpus[start:end]) if context.minicorpus else None,
+            )
+        return name
+    raise ContextError(f"No free name for the context collection of {base!r}.")
+
+
+def _alive(client: ClientAPI, collection_id: str) -> bool:
+    from uuid import UUID
+
+    try:
+        client.get_collection_by_id(UUID(collection_id), embedding_function=None)
+    except (NotFoundError, ValueError):
+        return False
+    return True
+
+
+def _claim(store: Collection, owner: Collection) -> None:
+    """Record which collection's vectors depend on this context (Chroma replaces metadata whole)."""
+    store.modify(metadata={**(store.metadata or {}), _OWNER_KEY: str(owner.id)})
 
 
 def _read_context(store: Collection, fingerprint: str) -> CorpusContext:
@@ -220,21 +245,31 @@ def _read_context(store: Collection, fingerprint: str) -> CorpusContext:
     return _remember(context)
 
 
-def _load_context(
-    server: ServerAPI, tenant: str, database: str, store_name: str, fingerprint: str, owner: str
-) -> CorpusContext:
+def _load_context(owner: Collection, store_name: str, fingerprint: str) -> CorpusContext:
+    server = _server(owner)
     try:
-        model = server.get_collection(name=store_name, tenant=tenant, database=database)
+        model = server.get_collection(name=store_name, tenant=owner.tenant, database=owner.database)
     except NotFoundError:
         raise ContextError(
-            f"The corpus context of collection {owner!r} is missing: its context collection "
+            f"The corpus context of collection {owner.name!r} is missing: its context collection "
             f"{store_name!r} was deleted. Its vectors cannot be queried consistently any more; "
             "re-embed them with a new context: cde_rag.chroma.rebuild_collection(client, "
-            f"{owner!r}) (fits on the stored documents, or pass corpus=/context=)."
+            f"{owner.name!r}) (fits on the stored documents, or pass corpus=/context=)."
         ) from None
-    return _read_context(
-        Collection(client=server, model=model, embedding_function=None), fingerprint
-    )
+    store = Collection(client=server, model=model, embedding_function=None)
+    claimed = (store.metadata or {}).get(_OWNER_KEY)
+    if claimed and claimed != str(owner.id):
+        raise ContextMismatchError(
+            f"Collection {owner.name!r} names context collection {store_name!r}, which belongs "
+            "to another collection: its embedding function configuration was replaced (e.g. by "
+            "collection.modify(configuration=...)), and its vectors were not embedded with that "
+            "context. Re-embed with cde_rag.chroma.rebuild_collection(client, "
+            f"{owner.name!r}, corpus=...)."
+        )
+    context = _read_context(store, fingerprint)
+    if not claimed:
+        _claim(store, owner)  # creation was interrupted right after creating the collection
+    return context
 
 
 def _find_context(fingerprint: str, store_name: str, tenant: str, database: str) -> CorpusContext:
@@ -472,16 +507,12 @@ def get_context(collection: Collection) -> CorpusContext:
     store = config.get("context_collection")
     if not store:
         raise ContextError(
-            f"Collection {collection.name!r} does not record where its context is stored."
+            f"Collection {collection.name!r} does not record where its context is stored: its "
+            "embedding function configuration was replaced (e.g. by collection.modify("
+            "configuration=...)). Re-embed with cde_rag.chroma.rebuild_collection(client, "
+            f"{collection.name!r}, corpus=...)."
         )
-    return _load_context(
-        _server(collection),
-        collection.tenant,
-        collection.database,
-        store,
-        config["context_fingerprint"],
-        collection.name,
-    )
+    return _load_context(collection, store, config["context_fingerprint"])
 
 
 def get_model(collection: Collection) -> CDEModel:
@@ -602,8 +633,9 @@ def _create(
     store: str | None = None,
 ) -> Collection:
     model.check_context(context)
-    store = store or context_collection_name(name, context.fingerprint)
-    _write_context(client, store, context)
+    store = _write_context(
+        client, store or context_collection_name(name, context.fingerprint), context
+    )
     _remember(context)
     ef = CDEEmbeddingFunction(
         model,
@@ -616,7 +648,7 @@ def _create(
         dtype=dtype,
     )
     try:
-        return client.create_collection(
+        created = client.create_collection(
             name,
             embedding_function=ef,  # type: ignore[arg-type]
             metadata=metadata or None,
@@ -628,6 +660,8 @@ def _create(
         if existing is None:
             raise
         return _existing(client, existing, model, context, get_or_create, device, dtype, revision)
+    _claim(client.get_collection(store, embedding_function=None), created)
+    return created
 
 
 def _existing(
@@ -691,10 +725,15 @@ def delete_collection(client: ClientAPI, name: str) -> None:
     raw = _get_raw(client, name)
     if raw is None:
         raise NotFoundError(f"Collection {name!r} does not exist.")
-    store = _cde_config(raw).get("context_collection")
-    client.delete_collection(name)
-    if store and _get_raw(client, store) is not None:
-        client.delete_collection(store)
+    _delete_store_of(client, raw, _cde_config(raw).get("context_collection"))
+
+
+def _delete_store_of(client: ClientAPI, owner: Collection, store_name: str | None) -> None:
+    """Delete `owner`, then its context collection unless another collection uses it."""
+    client.delete_collection(owner.name)
+    store = _get_raw(client, store_name) if store_name else None
+    if store is not None and (store.metadata or {}).get(_OWNER_KEY) in (None, str(owner.id)):
+        client.delete_collection(store.name)
 
 
 # -- adding ------------------------------------------------------------------------------------
@@ -853,8 +892,8 @@ def rebuild_collection(
             config.get("revision"),
             {
                 **(old.metadata or {}),
-                _REBUILD_OF_KEY: name,
-                _REPLACES_KEY: config["context_collection"],
+                _REPLACES_KEY: config.get("context_collection"),
+                _REPLACES_OWNER_KEY: str(old.id),
             },
             True,
             None,
@@ -883,11 +922,15 @@ def _finish_rebuild(
     staging: Collection,
     model: str | os.PathLike[str] | CDEModel | None,
 ) -> Collection:
+    """The old collection is gone: drop its context collection, give staging its name."""
     meta = dict(staging.metadata or {})
-    old_store = meta.get(_REPLACES_KEY)
-    # Chroma replaces metadata whole and drops keys set to None: this keeps the user's keys only.
-    staging.modify(name=name, metadata={**meta, _REPLACES_KEY: None, _REBUILD_OF_KEY: None})
+    replaced = meta.get(_REPLACES_KEY)
+    old_store = _get_raw(client, str(replaced)) if replaced else None
     live_store = _cde_config(staging).get("context_collection")
-    if old_store and old_store != live_store and _get_raw(client, str(old_store)) is not None:
-        client.delete_collection(str(old_store))
+    if old_store is not None and old_store.name != live_store:
+        owner = (old_store.metadata or {}).get(_OWNER_KEY)
+        if owner in (None, meta.get(_REPLACES_OWNER_KEY)):
+            client.delete_collection(old_store.name)
+    # Chroma replaces metadata whole and drops keys set to None: this keeps the user's keys.
+    staging.modify(name=name, metadata={**meta, _REPLACES_KEY: None, _REPLACES_OWNER_KEY: None})
     return open_collection(client, name, model=model)
