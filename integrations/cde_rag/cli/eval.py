@@ -1,4 +1,4 @@
-"""`cde-rag eval DATA`: retrieval quality on a BEIR folder, fitted context vs. fallback."""
+"""Measure retrieval quality on a BEIR folder: fitted corpus context vs. fallback vs. baselines."""
 
 from __future__ import annotations
 
