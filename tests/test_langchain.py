@@ -171,8 +171,34 @@ def test_refit_after_embedding_warns(tiny_model, corpus):
         emb.fit(corpus, seed=2)
         emb.embed_documents(corpus[:2])
         emb.set_context(emb.context)  # same context again: vectors still valid
-    with pytest.warns(StaleVectorsWarning, match="stale"):
+    with pytest.warns(StaleVectorsWarning, match="stale") as caught:
         emb.fit(corpus, seed=3)
+    assert caught[0].filename == __file__  # points at the caller's line
+    emb.embed_documents(corpus[:1])
+    with pytest.warns(StaleVectorsWarning) as caught:
+        emb.set_context(CDEEmbeddings(model=tiny_model, fallback=True).context)
+    assert caught[0].filename == __file__
+
+
+def test_langchain_index_in_small_batches_uses_the_whole_corpus_context(tiny_model, corpus):
+    from langchain_core.indexing import InMemoryRecordManager, index
+
+    emb = CDEEmbeddings(model=tiny_model, corpus=corpus)
+    store = InMemoryVectorStore(emb)
+    manager = InMemoryRecordManager(namespace="test")
+    manager.create_schema()
+    docs = [
+        Document(page_content=t, metadata={"i": i, "source": "s"}) for i, t in enumerate(corpus)
+    ]
+    result = index(docs, manager, store, batch_size=4, key_encoder="sha256")
+    assert result["num_added"] == len(corpus)
+    stored = {rec["metadata"]["i"]: rec["vector"] for rec in store.store.values()}
+    np.testing.assert_allclose(
+        np.array([stored[i] for i in range(len(corpus))], dtype=np.float32),
+        engine_docs(tiny_model, corpus, emb.context),
+        atol=1e-6,
+    )
+    assert emb.context.source_size == len(corpus)  # not refitted on a batch of 4
 
 
 def test_shared_and_loaded_models(tiny_model, tiny_path):

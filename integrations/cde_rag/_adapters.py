@@ -106,8 +106,11 @@ class ContextHolder:
     def context(self) -> CorpusContext | None:
         return self._context
 
-    def set(self, source: ContextSource) -> CorpusContext:
-        """Use a context (or a saved context file); warn if it replaces one documents used."""
+    def set(self, source: ContextSource, *, stacklevel: int = 3) -> CorpusContext:
+        """Use a context (or a saved context file); warn if it replaces one documents used.
+
+        `stacklevel` points the warning at the user's call (3: the caller of the adapter
+        method that called this one)."""
         if isinstance(source, (str, os.PathLike)):
             context = CorpusContext.load(source)
         elif isinstance(source, CorpusContext):
@@ -130,7 +133,7 @@ class ContextHolder:
                 "Vectors already stored are stale: re-embed them with the new context (or go "
                 "back to the old context) before querying.",
                 StaleVectorsWarning,
-                stacklevel=4,
+                stacklevel=stacklevel,
             )
         return context
 
@@ -147,14 +150,13 @@ class ContextHolder:
         context = self.model.fit_context(
             texts, seed=seed, batch_size=batch_size, show_progress=show_progress
         )
-        return self.set(context)
+        return self.set(context, stacklevel=4)
 
     def use_fallback(
         self, *, batch_size: int | None = None, show_progress: bool | None = None
     ) -> CorpusContext:
-        return self.set(
-            self.model.fallback_context(batch_size=batch_size, show_progress=show_progress)
-        )
+        context = self.model.fallback_context(batch_size=batch_size, show_progress=show_progress)
+        return self.set(context, stacklevel=4)
 
     def require(self) -> CorpusContext:
         context = self._context

@@ -66,7 +66,8 @@ class CDEEmbeddings(BaseModel, Embeddings):
     """Loading options: revision, device, dtype, token."""
     encode_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Embedding options: batch_size, show_progress (override the fields of the same name)."""
-    show_progress: bool = False
+    show_progress: bool | None = None
+    """Progress bars: None shows them for long work (fitting, large batches)."""
     batch_size: int = Field(default=32, gt=0)
     device: str | None = None
     dtype: str | None = None
@@ -203,7 +204,7 @@ class CDEEmbeddings(BaseModel, Embeddings):
         return self.encode_kwargs.get("batch_size", self.batch_size)
 
     @property
-    def _show_progress(self) -> bool:
+    def _show_progress(self) -> bool | None:
         return self.encode_kwargs.get("show_progress", self.show_progress)
 
     def __repr__(self) -> str:
