@@ -341,6 +341,21 @@ def test_killed_run_resumes_and_embeds_only_the_rest(tiny_model, data_dir, tmp_p
     assert len(list((tmp_path / "cache" / "contexts").iterdir())) == 1  # fitted once, reloaded
 
 
+def test_baseline_vectors_are_reused_only_by_the_same_embedder(tiny_model, data_dir, tmp_path):
+    from cde_rag.langchain import CDEEmbeddings
+
+    data = load_beir(data_dir)
+    options = dict(seeds=[], fallback=False, cache_dir=tmp_path / "cache")
+    first = CDEEmbeddings(model=tiny_model, corpus=data.doc_texts, seed=42)
+    other = CDEEmbeddings(model=tiny_model, corpus=data.doc_texts, seed=7)
+    runs = [
+        evaluate(tiny_model, data, baselines={"cde": emb}, **options).results[0]
+        for emb in (first, other, CDEEmbeddings(model=tiny_model, context=first.context))
+    ]
+    assert [(r.documents_embedded, r.documents_reused) for r in runs] == [(12, 0), (12, 0), (0, 12)]
+    assert runs[2].metrics == runs[0].metrics
+
+
 def test_cli_writes_json_plot_and_table_with_seeds_and_fallback(
     tiny_path, data_dir, tmp_path, capsys
 ):

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ QUERY_BLOCK = 1024
 _LABELS = {"ndcg": "nDCG", "recall": "Recall", "mrr": "MRR", "map": "MAP", "precision": "P"}
 
 EmbedFn = Callable[[list[str]], np.ndarray]
+_PROBE = "cde-rag eval probe: does this embedder still embed text the same way?"
 
 
 class DatasetError(CDEError, ValueError):
@@ -67,6 +69,14 @@ class BeirDataset:
     path: str | None = None
     skipped_queries: int = 0
     """Queries in the qrels with no positive judgement: they cannot be scored and are left out."""
+
+    @cached_property
+    def doc_digest(self) -> str:
+        return texts_digest(self.doc_texts)
+
+    @cached_property
+    def query_digest(self) -> str:
+        return texts_digest(self.query_texts)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -658,7 +668,7 @@ def _fitted_setting(
     cache: Path | None,
     show_progress: bool | None,
 ) -> _Setting:
-    tag = f"{model.fingerprint[:16]}-{texts_digest(dataset.doc_texts)[:16]}-seed{seed}"
+    tag = f"{model.fingerprint[:16]}-{dataset.doc_digest[:16]}-seed{seed}"
     ctx = _cached_context(
         cache,
         tag,
@@ -709,8 +719,14 @@ def _baseline_setting(name: str, embeddings: Embeddings) -> _Setting:
         return np.asarray([embeddings.embed_query(t) for t in texts], dtype=np.float32)
 
     cls = type(embeddings)
-    # A repr holding a memory address changes every run: such baselines are never reused.
-    key = f"baseline/{cls.__module__}.{cls.__qualname__}/{embeddings!r}"
+    # Saved vectors are reused only by an embedder that still embeds two probes the same way
+    # (a repr or a name would miss another model or context behind the same class). Probing
+    # now also fails a broken baseline (bad key, no server) before any long CDE work.
+    probes = np.concatenate(
+        [_normalise(documents([_PROBE]), 1, name), _normalise(queries([_PROBE]), 1, name)]
+    )
+    probe_hash = hashlib.sha256(np.round(probes, 5).tobytes()).hexdigest()
+    key = f"baseline/{cls.__module__}.{cls.__qualname__}/{probe_hash}"
     return _Setting(name, "baseline", key, documents, queries)
 
 
@@ -725,13 +741,13 @@ def _run_setting(
 ) -> SettingResult:
     started = time.perf_counter()
     embedded = {}
-    for input_type, texts, embed in (
-        ("documents", dataset.doc_texts, setting.embed_documents),
-        ("queries", dataset.query_texts, setting.embed_queries),
+    for input_type, texts, digest, embed in (
+        ("documents", dataset.doc_texts, dataset.doc_digest, setting.embed_documents),
+        ("queries", dataset.query_texts, dataset.query_digest, setting.embed_queries),
     ):
         folder = None
         if cache is not None:
-            key = f"{setting.key}\n{input_type}\n{texts_digest(texts)}\n{chunk_size}"
+            key = f"{setting.key}\n{input_type}\n{digest}\n{chunk_size}"
             folder = cache / "vectors" / hashlib.sha256(key.encode()).hexdigest()[:32]
         embedded[input_type] = embed_in_chunks(
             texts,
