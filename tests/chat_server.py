@@ -1,4 +1,4 @@
-"""A tiny OpenAI-compatible chat server for tests: `python tests/chat_server.py`.
+"""A tiny OpenAI-compatible chat server for tests: `with chat_server.running() as base_url:`.
 
 It binds 127.0.0.1 on a free port, prints `PORT <n>` on stdout, and answers
 POST /v1/chat/completions with a canned completion that names the first source it was given
@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -59,6 +62,20 @@ def main() -> None:
     print(f"PORT {sock.getsockname()[1]}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[sock])
+
+
+@contextmanager
+def running() -> Iterator[str]:
+    """Start this server in a subprocess; yields its base URL (http://127.0.0.1:PORT/v1)."""
+    proc = subprocess.Popen([sys.executable, __file__], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"chat server did not start: {line!r}")
+        yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 if __name__ == "__main__":

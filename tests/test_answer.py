@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from chat_server import running as running_chat_server
 
 from cde_rag.answer import (
     MAX_SENTENCE_CHARS,
@@ -21,8 +18,6 @@ from cde_rag.answer import (
     terms,
     unknown_citations,
 )
-
-CHAT_SERVER = Path(__file__).parent / "chat_server.py"
 
 SOURCES = [
     Source(
@@ -158,14 +153,8 @@ def test_llm_messages_number_the_sources():
 @pytest.fixture(scope="module")
 def chat_server():
     """A real uvicorn server speaking the OpenAI chat API, on a free loopback port."""
-    proc = subprocess.Popen([sys.executable, str(CHAT_SERVER)], stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PORT "), f"chat server did not start: {line!r}"
-        yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with running_chat_server() as base_url:
+        yield base_url
 
 
 @pytest.mark.server

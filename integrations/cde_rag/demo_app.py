@@ -403,7 +403,7 @@ def _label(meta: dict[str, Any] | None) -> str:
     return f"{meta.get('source', '?')} #{meta.get('chunk', '?')}"
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~<])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-!|>~<])")
 
 
 def md_escape(text: str) -> str:
