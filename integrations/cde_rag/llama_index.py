@@ -77,12 +77,6 @@ class CDEEmbedding(BaseEmbedding):
     text_instruction: str = Field(
         default=DOCUMENT_PREFIX, description="Fixed: the prefix the model was trained with."
     )
-    context_fingerprint: str | None = Field(
-        default=None,
-        description="Fingerprint of the corpus context in use; part of IngestionCache keys, so "
-        "cached vectors of another context are never reused.",
-    )
-
     _holder: ContextHolder = PrivateAttr()
 
     def __init__(
@@ -164,6 +158,14 @@ class CDEEmbedding(BaseEmbedding):
     def is_fitted(self) -> bool:
         return self._holder.context is not None
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def context_fingerprint(self) -> str | None:
+        """The context in use, as a public field: it is part of IngestionCache keys, so cached
+        vectors of another context are never reused."""
+        context = self._holder.context
+        return context.fingerprint if context is not None else None
+
     def fit(self, corpus: Iterable[str | BaseNode], seed: int = DEFAULT_SEED) -> CDEEmbedding:
         """Fit the context on the whole corpus (strings, Documents or nodes), replacing any other.
 
@@ -172,28 +174,21 @@ class CDEEmbedding(BaseEmbedding):
         self._holder.fit(
             _texts(corpus), seed=seed, batch_size=self.embed_batch_size, show_progress=self._bars
         )
-        self._sync()
         return self
 
     def set_context(self, context: ContextSource) -> CDEEmbedding:
         """Use a `CorpusContext`, or load one saved with `save_context`."""
         self._holder.set(context)
-        self._sync()
         return self
 
     def use_fallback_context(self) -> CDEEmbedding:
         """Opt in to the model card's no-corpus fallback (random strings); weaker than a fit."""
         self._holder.use_fallback(batch_size=self.embed_batch_size, show_progress=self._bars)
-        self._sync()
         return self
 
     def save_context(self, path: str | os.PathLike) -> Path:
         """Save the context next to the index, to reload it with `context=path`."""
         return self._holder.save(path)
-
-    def _sync(self) -> None:
-        context = self._holder.context
-        self.context_fingerprint = context.fingerprint if context is not None else None
 
     @property
     def _bars(self) -> bool | None:
