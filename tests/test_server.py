@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import signal
@@ -21,6 +22,8 @@ import pytest
 from openai import OpenAI
 
 from cde_rag import CorpusContext
+from cde_rag.batching import MicroBatcher
+from cde_rag.errors import ContextMismatchError
 from cde_rag.server import MAX_INPUTS, exposure_warning
 
 pytestmark = pytest.mark.server
@@ -436,6 +439,67 @@ def test_concurrent_requests_share_model_calls_and_match_unbatched_results(
     for (text, kind), vector in zip(jobs, got):
         alone = tiny_model.embed([text], context=fallback, input_type=kind)[0]
         np.testing.assert_allclose(vector, alone, atol=TOL, rtol=0)
+
+
+def _run_batcher(model, jobs, **options):
+    """Submit all jobs at once to a fresh MicroBatcher; returns (results or exceptions, stats)."""
+
+    async def main():
+        batcher = MicroBatcher(model, **options)
+        await batcher.start()
+        try:
+            results = await asyncio.gather(
+                *(batcher.embed(texts, context=ctx, input_type=kind) for texts, ctx, kind in jobs),
+                return_exceptions=True,
+            )
+        finally:
+            await batcher.close()
+        return results, batcher.stats
+
+    return asyncio.run(main())
+
+
+def test_batcher_takes_whole_requests_up_to_max_texts(tiny_model, fallback, golden):
+    docs = golden["documents"]
+    jobs = [(docs[0:2], fallback, "document"), (docs[2:4], fallback, "document")]
+    jobs += [(docs[4:6], fallback, "document"), (docs[:9], fallback, "document")]
+    results, stats = _run_batcher(tiny_model, jobs, max_wait=0.05, max_texts=4)
+    # [2 + 2], then [2] (the 9 would overflow it), then the 9 alone: never split.
+    assert (stats.model_calls, stats.requests, stats.largest_call_requests) == (3, 4, 2)
+    for (texts, ctx, kind), (vectors, tokens) in zip(jobs, results):
+        np.testing.assert_allclose(
+            vectors, tiny_model.embed(texts, context=ctx, input_type=kind), atol=TOL, rtol=0
+        )
+        assert tokens == tiny_model.count_tokens(texts, kind)
+
+
+def test_batcher_keeps_contexts_and_input_types_apart_and_survives_a_failing_batch(
+    tiny_model, fallback, tiny_context, golden
+):
+    alien = CorpusContext(
+        embeddings=tiny_context.embeddings,
+        model_name="another-model",
+        model_fingerprint="f" * 32,
+        kind="embeddings",
+    )
+    text = golden["queries"][:1]
+    jobs = [
+        (text, fallback, "document"),
+        (text, fallback, "query"),
+        (text, tiny_context, "query"),
+        (text, alien, "query"),
+        (text, fallback, "document"),
+    ]
+    results, stats = _run_batcher(tiny_model, jobs, max_wait=0.05)
+    assert isinstance(results[3], ContextMismatchError)
+    assert stats.model_calls == 3 and stats.requests == 4 and stats.largest_call_requests == 2
+    for i in (0, 1, 2, 4):
+        texts, ctx, kind = jobs[i]
+        np.testing.assert_allclose(
+            results[i][0], tiny_model.embed(texts, context=ctx, input_type=kind), atol=TOL, rtol=0
+        )
+    assert not np.allclose(results[0][0], results[1][0], atol=1e-3)
+    assert not np.allclose(results[1][0], results[2][0], atol=1e-3)
 
 
 # -- LangChain -----------------------------------------------------------------------------------
