@@ -199,6 +199,11 @@ def test_pipeline_context_path_restores_and_keeps_context(
     other = CDEEmbedding(model=tiny_model, corpus=texts[:4])
     with pytest.raises(ContextMismatchError, match="refit=True"):
         CDEContextFit(other, context_path=str(ctx_path))
+    late = CDEEmbedding(model=tiny_model)
+    step = CDEContextFit(late, context_path=str(tmp_path / "late.safetensors"))
+    emb.save_context(tmp_path / "late.safetensors")  # appears after the step was created
+    step([TextNode(text="Only this new chunk.")])
+    assert late.context == emb.context  # restored, not fitted on the one new chunk
     refitter = CDEContextFit(other, context_path=str(ctx_path), refit=True)
     refitter(list(documents))
     assert other.context == tiny_model.fit_context(embed_texts(documents))

@@ -70,7 +70,9 @@ class CDEEmbedding(BaseEmbedding):
     revision: str | None = Field(default=None, description="Hub revision to load.")
     device: str | None = Field(default=None, description="cpu, cuda, ... (default: best).")
     dtype: str | None = Field(default=None, description="float32 (exact) or bfloat16 (fast).")
-    show_progress_bar: bool = Field(default=False, description="Progress bars while fitting.")
+    show_progress_bar: bool = Field(
+        default=False, description="Always show progress bars (else only for long work)."
+    )
     query_instruction: str = Field(
         default=QUERY_PREFIX, description="Fixed: the prefix the model was trained with."
     )
@@ -264,11 +266,12 @@ class CDEContextFit(TransformComponent):
         return f"keep-{fingerprint}"
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
-        if not nodes:
+        if not nodes or (self.embed_model.is_fitted and not self.refit):
             return nodes
-        if not self.refit:
-            self._restore()
-        if self.refit or not self.embed_model.is_fitted:
+        saved = None if self.refit else self._saved()
+        if saved is not None:  # saved after this step was created, e.g. by another pipeline
+            self.embed_model.set_context(saved)
+        else:
             self.embed_model.fit(nodes, seed=self.seed)
             if self.context_path is not None:
                 self.embed_model.save_context(self.context_path)
@@ -277,14 +280,21 @@ class CDEContextFit(TransformComponent):
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
         return await asyncio.to_thread(self.__call__, nodes, **kwargs)
 
+    def _saved(self) -> Path | None:
+        if self.context_path is None:
+            return None
+        path = Path(self.context_path).expanduser()
+        return path if path.exists() else None
+
     def _restore(self) -> None:
         """Load the saved context into an unfitted model; refuse a model holding another one."""
-        if self.context_path is None or not Path(self.context_path).expanduser().exists():
+        path = self._saved()
+        if path is None:
             return
         if not self.embed_model.is_fitted:
-            self.embed_model.set_context(self.context_path)
+            self.embed_model.set_context(path)
             return
-        saved = CorpusContext.load(self.context_path)
+        saved = CorpusContext.load(path)
         if not self.refit and saved != self.embed_model.context:
             raise ContextMismatchError(
                 f"The embed model uses context {self.embed_model.context_fingerprint[:12]}, but "
