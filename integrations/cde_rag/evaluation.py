@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .context import DEFAULT_SEED, CorpusContext
 from .errors import CDEError
-from .model import CDEModel
+from .model import PROGRESS_MIN_TEXTS, CDEModel
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
@@ -339,7 +339,7 @@ def embed_in_chunks(
     computed = reused = 0
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    show = len(texts) >= chunk_size if show_progress is None else show_progress
+    show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress is None else show_progress
     with tqdm(total=len(texts), desc=desc, unit="text", disable=not show) as bar:
         for n, start in enumerate(starts):
             part = list(texts[start : start + chunk_size])
