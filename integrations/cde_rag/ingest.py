@@ -41,8 +41,8 @@ PHASES = ("load", "chunk", "context", "store")
 # Chroma's rule for names, minus room for the suffix of the collection that holds the context.
 _MAX_NAME = 512 - len("-cde-context-0123456789abcdef")
 _COLLECTION_NAME = re.compile(rf"[a-zA-Z0-9](?:[a-zA-Z0-9._-]{{1,{_MAX_NAME - 2}}})[a-zA-Z0-9]")
-# Test hook: seconds to pause after every progress step, so a test can kill the process at
-# known points (between stored batches, before the fit). Unset in normal use.
+# Test hook: seconds to pause after each "context" and "store" progress step, so a crash test
+# can kill the process at known points (before the fit, between stored batches). Unset in use.
 STEP_DELAY_ENV = "CDE_RAG_TEST_STEP_DELAY"
 
 
@@ -298,7 +298,7 @@ class _Reporter:
             self.bar.total = total
             self.bar.n = done
             self.bar.refresh()
-        if self.delay:
+        if self.delay and phase in ("context", "store"):
             time.sleep(self.delay)
 
     def close(self) -> None:

@@ -1,0 +1,333 @@
+"""Ingestion into Chroma: reports, idempotent reruns, kept contexts, queries, and kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import chromadb
+import numpy as np
+import pytest
+
+from cde_rag import chroma
+from cde_rag.documents import DocumentError, chunk_documents, load_documents
+from cde_rag.errors import ContextMismatchError
+from cde_rag.ingest import STEP_DELAY_ENV, IndexReport, index_paths, query_collection
+
+os.environ["ANONYMIZED_TELEMETRY"] = "False"
+SETTINGS = chromadb.Settings(anonymized_telemetry=False)
+WORDS = [
+    "river",
+    "bank",
+    "loan",
+    "interest",
+    "water",
+    "fish",
+    "money",
+    "stream",
+    "deposit",
+    "current",
+    "credit",
+    "flood",
+    "boat",
+    "account",
+    "branch",
+    "mortgage",
+    "shore",
+    "rate",
+]
+CHUNKING = {"chunk_size": 200, "chunk_overlap": 20}
+
+
+def write_corpus(folder: Path, files: int = 12, seed: int = 0) -> Path:
+    """Files of random prose (a few paragraphs each), plus junk that must be skipped."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        paragraphs = [" ".join(rng.choice(WORDS) for _ in range(60)) + "." for _ in range(3)]
+        suffix = ".md" if i % 3 == 0 else ".txt"
+        (folder / f"doc{i:02d}{suffix}").write_text("\n\n".join(paragraphs))
+    (folder / "binary.txt").write_bytes(b"\x00\x01\x02" * 100)
+    (folder / "empty.md").write_text("")
+    return folder
+
+
+def expected_chunks(folder: Path):
+    return chunk_documents(load_documents([folder]).documents, **CHUNKING)
+
+
+def stored(client, name: str) -> dict[str, tuple[str, dict]]:
+    got = client.get_collection(name, embedding_function=None).get(
+        include=["documents", "metadatas"]
+    )
+    return {
+        i: (d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+    }
+
+
+@pytest.fixture
+def client(tmp_path):
+    return chromadb.PersistentClient(str(tmp_path / "db"), settings=SETTINGS)
+
+
+def test_index_report_rerun_and_stored_records(tmp_path, client, tiny_model):
+    docs = write_corpus(tmp_path / "docs")
+    chunks = expected_chunks(docs)
+    events: list[tuple[str, int, int]] = []
+    report = index_paths(
+        [docs],
+        client=client,
+        collection="docs",
+        model=tiny_model,
+        batch_size=16,
+        progress=lambda *e: events.append(e),
+        **CHUNKING,
+    )
+    assert isinstance(report, IndexReport)
+    assert (report.files, report.chunks, report.added, report.skipped) == (
+        12,
+        len(chunks),
+        len(chunks),
+        0,
+    )
+    assert sorted(Path(p).name for p, _ in report.errors) == ["binary.txt", "empty.md"]
+    assert report.new_collection
+    collection = chroma.open_collection(client, "docs")
+    assert report.context == chroma.get_context(collection).fingerprint
+    assert chroma.get_context(collection).source_size == len(chunks)  # fitted on ALL chunks
+
+    records = stored(client, "docs")
+    assert records.keys() == {c.id for c in chunks}
+    for c in chunks:
+        text, meta = records[c.id]
+        assert text == c.text
+        assert (meta["source"], meta["chunk"]) == (c.source, c.index)
+
+    phases = [e[0] for e in events]
+    assert phases.index("load") < phases.index("chunk") < phases.index("context")
+    assert phases.index("context") < phases.index("store")
+    assert events[-1] == ("store", len(chunks), len(chunks))
+    store_steps = [done for phase, done, _ in events if phase == "store"]
+    assert store_steps == sorted(store_steps) and store_steps[0] == 0
+
+    events.clear()
+    again = index_paths(
+        [docs], client=client, collection="docs", progress=lambda *e: events.append(e), **CHUNKING
+    )
+    assert (again.added, again.skipped, again.new_collection) == (0, len(chunks), False)
+    assert again.context == report.context
+    assert "context" not in {e[0] for e in events}  # an existing collection is never refitted
+    assert [e for e in events if e[0] == "store"] == [("store", len(chunks), len(chunks))]
+    assert len(stored(client, "docs")) == len(chunks)
+
+
+def test_new_files_join_with_the_stored_context(tmp_path, client, tiny_model):
+    docs = write_corpus(tmp_path / "docs", files=4)
+    first = index_paths([docs], client=client, collection="grow", model=tiny_model, **CHUNKING)
+    (docs / "new.txt").write_text("A brand new file about a flood on the river bank. " * 10)
+    second = index_paths([docs], client=client, collection="grow", **CHUNKING)
+    new_chunks = [c for c in expected_chunks(docs) if c.source == "docs/new.txt"]
+    assert second.added == len(new_chunks) > 0
+    assert second.skipped == first.chunks
+    assert second.context == first.context
+    assert len(stored(client, "grow")) == first.chunks + len(new_chunks)
+
+
+def test_query_collection_matches_exact_cosine_ranking(tmp_path, client, tiny_model):
+    docs = write_corpus(tmp_path / "docs", files=4)
+    index_paths([docs], client=client, collection="query", model=tiny_model, **CHUNKING)
+    collection = chroma.open_collection(client, "query")
+    context = chroma.get_context(collection)
+    chunks = expected_chunks(docs)
+    question = "mortgage interest rate at the bank"
+    hits = query_collection(collection, question, k=4)
+
+    vectors = tiny_model.embed_documents([c.text for c in chunks], context=context)
+    scores = vectors @ tiny_model.embed_queries([question], context=context)[0]
+    best = np.argsort(-scores, kind="stable")[:4]
+    assert [h.id for h in hits] == [chunks[i].id for i in best]
+    np.testing.assert_allclose([h.score for h in hits], scores[best], atol=1e-4)
+    assert [h.rank for h in hits] == [1, 2, 3, 4]
+    for hit, i in zip(hits, best):
+        assert (hit.text, hit.source, hit.chunk) == (
+            chunks[i].text,
+            chunks[i].source,
+            chunks[i].index,
+        )
+
+    only = query_collection(collection, question, k=50, where={"source": "docs/doc01.txt"})
+    assert only and {h.source for h in only} == {"docs/doc01.txt"}
+    for bad_query, k in [("", 3), ("   ", 3), (question, 0), (question, True)]:
+        with pytest.raises(ValueError):
+            query_collection(collection, bad_query, k=k)
+
+
+def test_refusals_write_nothing(tmp_path, client, tiny_model, make_checkpoint):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.bin").write_bytes(b"\x00")
+    (junk / "b.txt").write_bytes(b"\x00\x00")
+    with pytest.raises(DocumentError, match=r"Nothing to index.*b\.txt: binary data"):
+        index_paths(
+            [junk, tmp_path / "missing"], client=client, collection="junk-run", model=tiny_model
+        )
+    for name in ["x", "-bad", "has space", "a" * 500, "ends-"]:
+        with pytest.raises(ValueError, match="Invalid collection name"):
+            index_paths([junk], client=client, collection=name, model=tiny_model)
+    assert client.list_collections() == []
+
+    docs = write_corpus(tmp_path / "docs", files=3)
+    first = index_paths([docs], client=client, collection="mix", model=tiny_model, **CHUNKING)
+    other = make_checkpoint(
+        "other",
+        edit_weights=lambda w: {k: v * 1.01 if v.is_floating_point() else v for k, v in w.items()},
+    )
+    (docs / "more.txt").write_text("more text " * 50)
+    with pytest.raises(ContextMismatchError):
+        index_paths([docs], client=client, collection="mix", model=str(other), **CHUNKING)
+    assert len(stored(client, "mix")) == first.chunks
+
+
+# -- kill -9 at several points, then rerun ------------------------------------------------------
+
+STORE_LINE = re.compile(r"^store (\d+)/(\d+)$")
+
+
+def cli_index(docs: Path, db: Path, tiny_path: str, batch: int = 16) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "cde_rag.cli",
+        "index",
+        str(docs),
+        "--collection",
+        "crash",
+        "--db",
+        str(db),
+        "--model",
+        tiny_path,
+        "--chunk-size",
+        str(CHUNKING["chunk_size"]),
+        "--chunk-overlap",
+        str(CHUNKING["chunk_overlap"]),
+        "--batch-size",
+        str(batch),
+        "--progress",
+        "lines",
+    ]
+
+
+def run_and_kill(cmd: list[str], kill_when, *, delay: float = 0.0, timeout: float = 120):
+    """Run `cmd`, SIGKILL it as soon as `kill_when(line)` is true for a stderr line (after
+    `delay` seconds more); returns (killed, stderr lines)."""
+    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
+    if delay == 0.0:
+        env[STEP_DELAY_ENV] = "1.5"  # park at each context/store step: the kill lands right there
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    lines: list[str] = []
+    killed = False
+    try:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if kill_when(lines[-1]):
+                if delay:
+                    threading.Event().wait(delay)
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+        proc.wait(timeout=timeout)
+    finally:
+        watchdog.cancel()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL or not killed, lines
+    return killed, lines
+
+
+def inspect(db: Path, expected: dict[str, str]) -> tuple[set[str], str | None]:
+    """Stored ids (all expected, texts intact) and the stored context's fingerprint."""
+    client = chromadb.PersistentClient(str(db), settings=SETTINGS)
+    try:
+        names = {c.name for c in client.list_collections()}
+        if "crash" not in names:
+            return set(), None
+        records = stored(client, "crash")
+        assert records.keys() <= expected.keys()
+        assert all(records[i][0] == expected[i] for i in records)
+        raw = client.get_collection("crash", embedding_function=None)
+        return set(records), chroma.get_context(raw).fingerprint
+    finally:
+        client.clear_system_cache()  # forget cached state: another process writes next
+
+
+@pytest.mark.slow
+def test_kill_9_at_several_points_then_rerun(tmp_path, tiny_path):
+    docs = write_corpus(tmp_path / "docs", files=12)
+    expected = {c.id: c.text for c in expected_chunks(docs)}
+    total = len(expected)
+    assert total > 100
+    db = tmp_path / "db"
+    cmd = cli_index(docs, db, tiny_path)
+
+    def store_at_least(n):
+        def check(line):
+            m = STORE_LINE.match(line)
+            return bool(m) and int(m.group(1)) >= n
+
+        return check
+
+    # 1. At a random moment while fitting, writing the context or creating the collection.
+    killed, _ = run_and_kill(cmd, lambda line: line == "context 0/1", delay=random.uniform(0, 0.5))
+    ids, context = inspect(db, expected)
+    assert killed
+
+    # 2. Parked between stored batches: exactly the batches reported are there.
+    killed, lines = run_and_kill(cmd, store_at_least(len(ids) + 32))
+    ids, fingerprint = inspect(db, expected)
+    last = [int(m.group(1)) for m in map(STORE_LINE.match, lines) if m][-1]
+    assert killed and len(ids) == last and 0 < last < total
+    assert context in (None, fingerprint)  # a context stored before the kill is kept
+    context = fingerprint
+
+    # 3. Mid-batch, at a random moment while embedding/storing.
+    killed, _ = run_and_kill(cmd, store_at_least(len(ids) + 16), delay=random.uniform(0, 0.3))
+    ids_before, fingerprint = inspect(db, expected)
+    assert killed and fingerprint == context and len(ids_before) >= len(ids)
+
+    # 4. The same command again finishes the job, skipping what is stored, same context.
+    result = subprocess.run(
+        [*cmd, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )
+    assert result.returncode == 0, result.stderr
+    if ids_before:
+        assert (
+            f"store: {len(ids_before)} of {total} chunks already stored, skipping them"
+            in result.stderr
+        )
+    report = json.loads(result.stdout)
+    assert (report["added"], report["skipped"]) == (total - len(ids_before), len(ids_before))
+    assert report["context"] == context and report["new_collection"] is False
+    ids, fingerprint = inspect(db, expected)
+    assert ids == expected.keys() and fingerprint == context
+
+    # 5. And once more (in this process): nothing to do.
+    client = chromadb.PersistentClient(str(db), settings=SETTINGS)
+    try:
+        report = index_paths([docs], client=client, collection="crash", **CHUNKING)
+        assert (report.added, report.skipped, report.context) == (0, total, context)
+    finally:
+        client.clear_system_cache()
