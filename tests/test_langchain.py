@@ -284,10 +284,11 @@ def test_import_error_names_the_extra():
 
 def test_example_runs(tiny_path):
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "langchain_rag.py"), tiny_path],
+        [sys.executable, str(ROOT / "examples" / "langchain_rag.py")],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "CDE_RAG_MODEL": tiny_path},  # the model named by the environment
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
