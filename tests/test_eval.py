@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from langchain_core.embeddings import Embeddings
 
+from cde_rag import evaluation
 from cde_rag.cli import main
 from cde_rag.cli.eval import parse_baseline, parse_seeds
 from cde_rag.evaluation import (
     DatasetError,
     check_metrics,
     doc_text,
+    embed_in_chunks,
     evaluate,
     load_beir,
     score_run,
@@ -129,7 +131,8 @@ def test_score_run_matches_hand_computed_values():
     assert ndcg_by_hand(["b", "x", "a"], qrels["q2"]) == pytest.approx(q2_ndcg)
 
 
-def test_search_is_exact_across_chunks_and_breaks_ties_by_position():
+def test_search_is_exact_across_chunks_and_breaks_ties_by_position(monkeypatch):
+    monkeypatch.setattr(evaluation, "QUERY_BLOCK", 4)  # 6 queries: two blocks
     rng = np.random.default_rng(0)
     docs = rng.normal(size=(53, 16)).astype(np.float32)
     docs[40] = docs[7]  # an exact tie: position 7 must come first
@@ -144,6 +147,29 @@ def test_search_is_exact_across_chunks_and_breaks_ties_by_position():
         assert list(idx[5, :2]) == [7, 40]
     idx, _ = search(queries, [docs[:3]], k=10)  # fewer documents than k
     assert idx.shape == (6, 3)
+
+
+def test_saved_chunks_are_reused_and_a_damaged_one_is_recomputed(tmp_path):
+    bow = HashingBagOfWords(dim=32)
+    texts = [f"text number {i} about {TOPICS['space'].split()[i % 10]}" for i in range(10)]
+    calls: list[list[str]] = []
+
+    def embed(batch):
+        calls.append(batch)
+        return bow.embed_documents(batch)
+
+    first = embed_in_chunks(texts, embed, folder=tmp_path, chunk_size=4)
+    assert [len(c) for c in calls] == [4, 4, 2] and (first.computed, first.reused) == (10, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000.npy", "000001.npy", "000002.npy"]
+    expected = first.stacked()
+    np.testing.assert_allclose(np.linalg.norm(expected, axis=1), 1.0, rtol=1e-5)
+    (tmp_path / "000001.npy").write_bytes(b"torn")
+    calls.clear()
+    again = embed_in_chunks(texts, embed, folder=tmp_path, chunk_size=4)
+    assert calls == [texts[4:8]] and (again.computed, again.reused) == (4, 6)
+    np.testing.assert_array_equal(again.stacked(), expected)
+    with pytest.raises(evaluation.CDEError, match="one vector per text"):
+        embed_in_chunks(texts, lambda batch: bow.embed_documents(batch[:-1]), folder=None)
 
 
 def test_metric_and_option_checks():

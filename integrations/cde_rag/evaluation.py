@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -219,12 +219,13 @@ def _check_known(
 
 
 def search(
-    queries: np.ndarray, doc_chunks: Sequence[np.ndarray], k: int
+    queries: np.ndarray, doc_chunks: Iterable[np.ndarray], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product (cosine for unit vectors), documents read chunk by chunk.
 
     Returns (indices, scores), each (n_queries, min(k, n_docs)), best first; equal scores are
-    ordered by document position, so results do not depend on the chunking.
+    ordered by document position, so results do not depend on the chunking. `doc_chunks` is
+    iterated once per block of `QUERY_BLOCK` queries, so it must be re-iterable (a list is).
     """
     queries = np.asarray(queries, dtype=np.float32)
     indices, scores = [], []
@@ -302,14 +303,20 @@ def metric_label(metric: str) -> str:
 
 @dataclass
 class EmbeddedTexts:
-    """Vectors of a text list as chunks (memory-mapped when persisted), and what it cost."""
+    """Vectors of a text list in chunks, and what they cost. Iterating yields the chunks in
+    order, each time anew; saved chunks are memory-mapped only while in use, so a corpus of
+    any size needs neither the RAM nor one open file per chunk."""
 
-    chunks: list[np.ndarray]
+    parts: list[np.ndarray | Path]
     computed: int
     reused: int
 
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for part in self.parts:
+            yield np.load(part, mmap_mode="r") if isinstance(part, Path) else part
+
     def stacked(self) -> np.ndarray:
-        return np.concatenate(self.chunks) if self.chunks else np.zeros((0, 0), np.float32)
+        return np.concatenate(list(self))
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -335,7 +342,7 @@ def embed_in_chunks(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     starts = range(0, len(texts), chunk_size)
-    chunks: list[np.ndarray] = []
+    parts: list[np.ndarray | Path] = []
     computed = reused = 0
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -344,30 +351,28 @@ def embed_in_chunks(
         for n, start in enumerate(starts):
             part = list(texts[start : start + chunk_size])
             path = folder / f"{n:06d}.npy" if folder is not None else None
-            vectors = _load_chunk(path, len(part))
-            if vectors is None:
+            if path is not None and _is_chunk(path, len(part)):
+                parts.append(path)
+                reused += len(part)
+            else:
                 vectors = _normalise(embed(part), len(part), desc)
                 if path is not None:
                     _save_atomic(path, vectors)
-                    vectors = np.load(path, mmap_mode="r")
+                parts.append(path if path is not None else vectors)
                 computed += len(part)
-            else:
-                reused += len(part)
-            chunks.append(vectors)
             bar.update(len(part))
-    return EmbeddedTexts(chunks, computed, reused)
+    return EmbeddedTexts(parts, computed, reused)
 
 
-def _load_chunk(path: Path | None, rows: int) -> np.ndarray | None:
-    if path is None or not path.is_file():
-        return None
+def _is_chunk(path: Path, rows: int) -> bool:
+    """A saved chunk of the expected size; anything else is computed again and overwritten."""
+    if not path.is_file():
+        return False
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError):
-        return None  # unreadable: computed again and overwritten
-    if array.ndim != 2 or array.shape[0] != rows or array.dtype != np.float32:
-        return None
-    return array
+        return False
+    return array.ndim == 2 and array.shape[0] == rows and array.dtype == np.float32
 
 
 def _normalise(vectors: Any, rows: int, what: str) -> np.ndarray:
@@ -758,12 +763,14 @@ def _run_setting(
             show_progress=show_progress,
         )
     docs, queries = embedded["documents"], embedded["queries"]
-    if docs.chunks[0].shape[1] != queries.chunks[0].shape[1]:
+    query_vectors = queries.stacked()
+    doc_width = next(iter(docs)).shape[1]
+    if doc_width != query_vectors.shape[1]:
         raise CDEError(
             f"{setting.name}: documents and queries have different widths "
-            f"({docs.chunks[0].shape[1]} vs {queries.chunks[0].shape[1]})."
+            f"({doc_width} vs {query_vectors.shape[1]})."
         )
-    indices, scores = search(queries.stacked(), docs.chunks, k)
+    indices, scores = search(query_vectors, docs, k)
     rankings = {
         qid: [(dataset.doc_ids[i], float(s)) for i, s in zip(row_i, row_s, strict=True)]
         for qid, row_i, row_s in zip(dataset.query_ids, indices, scores, strict=True)
