@@ -294,3 +294,24 @@ def test_example_runs(tiny_path):
     lines = out.stdout.splitlines()
     assert any(line.startswith("context: ") and "fitted" in line for line in lines)
     assert sum(line.startswith("hit: ") for line in lines) == 2
+
+
+def test_engine_cache_through_the_adapter_follows_the_context(tiny_path, corpus, tmp_path):
+    from cde_rag import CDEModel
+
+    model = CDEModel.from_pretrained(tiny_path, device="cpu")  # private: the cache is per model
+    model.use_embedding_cache(tmp_path / "embeddings.sqlite")
+    emb = CDEEmbeddings(model=model, corpus=corpus)
+    first = emb.embed_documents(corpus[:4])
+    assert emb.embed_documents(corpus[:4]) == first
+    assert model.cache_stats["embedding_hits"] == 4
+    with pytest.warns(StaleVectorsWarning):
+        emb.fit(corpus, seed=3)
+    again = np.array(emb.embed_documents(corpus[:4]), dtype=np.float32)
+    assert not np.allclose(again, first)  # not the old context's vectors from the cache
+    np.testing.assert_array_equal(
+        again,
+        CDEModel.from_pretrained(tiny_path, device="cpu").embed_documents(
+            corpus[:4], context=emb.context
+        ),
+    )

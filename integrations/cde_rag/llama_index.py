@@ -140,8 +140,9 @@ class CDEEmbedding(BaseEmbedding):
         if value is not None:
             raise ValueError(
                 "CDEEmbedding does not take embeddings_cache: it keys vectors by text alone, so "
-                "after a new context it would return vectors of the old one. Use an "
-                "IngestionPipeline cache instead (its keys include context_fingerprint)."
+                "after a new context it would return vectors of the old one. Use the engine's "
+                "cache, keyed by context (embed_model.model.use_embedding_cache(path)), or an "
+                "IngestionPipeline cache (its keys include context_fingerprint)."
             )
         return value
 
