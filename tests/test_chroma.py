@@ -165,89 +165,100 @@ CHILD = textwrap.dedent(
     import chromadb
     from cde_rag.chroma import add_documents, create_collection, open_collection
 
-    role, where, model, out = sys.argv[1:5]
+    role, model, out, *places = sys.argv[1:]
     data = json.loads(sys.stdin.read())
     settings = chromadb.Settings(anonymized_telemetry=False)
-    if where.startswith("http://"):
-        host, port = where[len("http://"):].split(":")
-        client = chromadb.HttpClient(host=host, port=int(port), settings=settings)
-    else:
-        client = chromadb.PersistentClient(where, settings=settings)
-    if role == "writer":
-        col = create_collection(client, "docs", model=model, corpus=data["corpus"])
-        add_documents(col, data["documents"])
-        cols = {"created": col}
-    else:
-        cols = {"opened": open_collection(client, "docs"), "plain": client.get_collection("docs")}
     result = {}
-    for key, col in cols.items():
-        ef = col.configuration["embedding_function"]
-        hits = col.query(query_texts=data["queries"], n_results=len(data["documents"]))
-        result[key] = {
-            "vector": [float(x) for x in ef.embed_query(data["queries"][:1])[0]],
-            "ids": hits["ids"],
-            "distances": hits["distances"],
-        }
+    for where in places:
+        if where.startswith("http://"):
+            host, port = where[len("http://"):].split(":")
+            client = chromadb.HttpClient(host=host, port=int(port), settings=settings)
+        else:
+            client = chromadb.PersistentClient(where, settings=settings)
+        if role == "writer":
+            col = create_collection(client, "docs", model=model, corpus=data["corpus"])
+            add_documents(col, data["documents"])
+            cols = {"created": col}
+        else:
+            cols = {"opened": open_collection(client, "docs"), "plain": client.get_collection("docs")}
+        for key, col in cols.items():
+            ef = col.configuration["embedding_function"]
+            hits = col.query(query_texts=data["queries"], n_results=len(data["documents"]))
+            result[f"{where} {key}"] = {
+                "vector": [float(x) for x in ef.embed_query(data["queries"][:1])[0]],
+                "ids": hits["ids"],
+                "distances": hits["distances"],
+            }
     json.dump(result, open(out, "w"))
     """
 )
 
 
-def _run_child(tmp_path, role: str, where: str, model: str, golden, corpus) -> dict:
+def _run_child(tmp_path, role: str, places: list[str], model: str, golden, corpus) -> dict:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     out = tmp_path / f"{role}.json"
     data = {"corpus": corpus, "documents": golden["documents"], "queries": golden["queries"]}
     done = subprocess.run(
-        [sys.executable, str(script), role, where, model, str(out)],
+        [sys.executable, str(script), role, model, str(out), *places],
         input=json.dumps(data),
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
 
 
-def _assert_same_everywhere(writer: dict, reader: dict, tiny_model, golden, corpus) -> None:
-    created = writer["created"]
-    for key in ("opened", "plain"):
-        assert reader[key]["vector"] == created["vector"]  # bit-identical query vector
-        assert reader[key]["ids"] == created["ids"]
-        assert reader[key]["distances"] == created["distances"]
+@pytest.mark.server
+def test_other_processes_reopen_persistent_and_server_collections(
+    chroma, tmp_path, tiny_path, tiny_model, golden, corpus
+):
+    """One process creates and fills a collection in a PersistentClient folder and on a real
+    `chroma run` server; another opens both with no corpus and gets bit-identical query vectors,
+    the same ranking and the same distances."""
+    places = [str(tmp_path / "db"), chroma.url]
+    writer = _run_child(tmp_path, "writer", places, tiny_path, golden, corpus)
+    reader = _run_child(tmp_path, "reader", places, tiny_path, golden, corpus)
     ctx = tiny_model.fit_context(corpus)
     expected = tiny_model.embed_queries(golden["queries"][:1], context=ctx)[0]
-    np.testing.assert_allclose(created["vector"], expected, atol=1e-6)
-    for query, ids in zip(golden["queries"], created["ids"], strict=True):
-        assert ids == _cosine_ranking(tiny_model, ctx, golden["documents"], query)
-
-
-def test_another_process_reopens_a_persistent_collection(
-    tmp_path, tiny_path, tiny_model, golden, corpus
-):
-    where = str(tmp_path / "db")
-    writer = _run_child(tmp_path, "writer", where, tiny_path, golden, corpus)
-    reader = _run_child(tmp_path, "reader", where, tiny_path, golden, corpus)
-    _assert_same_everywhere(writer, reader, tiny_model, golden, corpus)
+    for where in places:
+        created = writer[f"{where} created"]
+        for key in ("opened", "plain"):
+            assert reader[f"{where} {key}"]["vector"] == created["vector"]
+            assert reader[f"{where} {key}"]["ids"] == created["ids"]
+            assert reader[f"{where} {key}"]["distances"] == created["distances"]
+        np.testing.assert_allclose(created["vector"], expected, atol=1e-6)
+        for query, ids in zip(golden["queries"], created["ids"], strict=True):
+            assert ids == _cosine_ranking(tiny_model, ctx, golden["documents"], query)
+    # This process finds the server's context too.
+    assert get_context(open_collection(chroma.client(), "docs")) == ctx
 
 
 @pytest.mark.server
-def test_another_process_reopens_a_collection_on_a_chroma_server(
-    chroma, tmp_path, tiny_path, tiny_model, golden, corpus
-):
-    writer = _run_child(tmp_path, "writer", chroma.url, tiny_path, golden, corpus)
-    reader = _run_child(tmp_path, "reader", chroma.url, tiny_path, golden, corpus)
-    _assert_same_everywhere(writer, reader, tiny_model, golden, corpus)
-    # The context lives in the server: this process finds it too, and refusals hold there.
+def test_refusals_hold_on_a_chroma_server(chroma, tiny_model, golden):
     client = chroma.client()
-    store = get_context(open_collection(client, "docs")).fingerprint
-    assert store == tiny_model.fit_context(corpus).fingerprint
+    col = create_collection(client, "served", model=tiny_model, corpus=golden["documents"])
+    assert add_documents(col, golden["documents"]).added == len(golden["documents"])
+    assert add_documents(col, golden["documents"]).added == 0
     with pytest.raises(ContextMismatchError, match="rebuild_collection"):
-        create_collection(client, "docs", model=tiny_model, context=tiny_model.fallback_context())
-    client.delete_collection(context_collection_name("docs", store))
+        create_collection(client, "served", model=tiny_model, context=tiny_model.fallback_context())
+    other = CDEEmbeddingFunction(tiny_model, context=tiny_model.fallback_context())
+    with pytest.raises(ContextMismatchError, match="open_collection"):
+        add_documents(client.get_collection("served", embedding_function=other), ["New."])
+    store = col.configuration_json["embedding_function"]["config"]["context_collection"]
+    client.delete_collection(store)
     with pytest.raises(ContextError, match="missing"):
-        open_collection(client, "docs")
+        open_collection(client, "served")
+    rebuilt = rebuild_collection(client, "served")  # refit on the stored documents, re-embed
+    assert rebuilt.count() == len(golden["documents"])
+    hits = rebuilt.query(query_texts=golden["queries"][:1], n_results=3)
+    ctx = get_context(rebuilt)
+    assert (
+        hits["ids"][0]
+        == _cosine_ranking(tiny_model, ctx, golden["documents"], golden["queries"][0])[:3]
+    )
 
 
 # -- refusals -------------------------------------------------------------------------------------
