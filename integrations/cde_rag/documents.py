@@ -400,7 +400,7 @@ def chunk_documents(
     """
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-    _check_sizes(chunk_size, chunk_overlap)
+    check_chunk_sizes(chunk_size, chunk_overlap)
     splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     chunks: list[Chunk] = []
     for doc in documents:
@@ -457,7 +457,8 @@ def _offsets(text: str, pieces: Sequence[str], overlap: int) -> list[int]:
     return offsets
 
 
-def _check_sizes(chunk_size: int, chunk_overlap: int) -> None:
+def check_chunk_sizes(chunk_size: int, chunk_overlap: int) -> None:
+    """Refuse sizes the splitter cannot honour (checked before any file is read)."""
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     if (

@@ -26,6 +26,7 @@ from .documents import (
     Chunk,
     Document,
     DocumentError,
+    check_chunk_sizes,
     chunk_documents,
     load_documents,
 )
@@ -106,6 +107,7 @@ def index_paths(
     """Load files and folders, then `index_documents` them (see there). Unreadable files are
     reported in `IndexReport.errors`; if no file at all can be read, `DocumentError`."""
     check_collection_name(collection)
+    check_chunk_sizes(chunk_size, chunk_overlap)
     report = _Reporter(progress, show_progress)
     loaded = load_documents(
         paths,
