@@ -305,6 +305,8 @@ def test_context_from_first_stage_embeddings_reproduces_the_golden_vectors(
         assert sneaky.status_code == 400
         assert sneaky.json()["error"]["code"] == "invalid_context_id"
         assert http.delete("/v1/contexts/default").status_code == 400
+        reserved = http.post("/v1/contexts", json={"id": "default", "documents": ["a"]})
+        assert reserved.status_code == 400 and reserved.json()["error"]["param"] == "id"
 
     client = _client(server)
     for texts, kind, key in (
@@ -601,14 +603,12 @@ def test_contexts_survive_a_restart_and_the_key_comes_from_the_environment(
     assert plain.model_extra["context"]["fingerprint"] == tiny_context.fingerprint
 
 
-def test_cli_errors_are_one_line_and_exit_nonzero(tiny_path, tmp_path):
+def test_cli_errors_are_one_line_and_exit_nonzero(tiny_path, tmp_path, capsys):
+    from cde_rag.cli import main
+
     missing = tmp_path / "nope.safetensors"
-    command = [sys.executable, "-m", "cde_rag.cli", "serve", "--model", tiny_path]
-    result = subprocess.run(
-        [*command, "--context", str(missing)], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+    assert main(["serve", "--model", tiny_path, "--context", str(missing)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"cde-rag serve: error: No context file at {missing}. Save one with ctx.save(path) or "
         "fit a new one with model.fit_context(corpus)."
     ]

@@ -138,7 +138,9 @@ class MicroBatcher:
             del self._groups[key]
         return group.context, group.input_type, batch
 
-    async def _run(self, context: CorpusContext, input_type: InputType, batch: list[_Pending]):
+    async def _run(
+        self, context: CorpusContext, input_type: InputType, batch: list[_Pending]
+    ) -> None:
         texts = [text for item in batch for text in item.texts]
         loop = asyncio.get_running_loop()
         try:

@@ -286,17 +286,24 @@ class ContextStore:
             for cid, reason in unusable
         ]
 
-    def add(self, ctx: CorpusContext, context_id: str | None) -> tuple[str, bool]:
-        """Store `ctx`; returns (id, created). The same context under the same id is a no-op."""
-        context_id = check_context_id(context_id or f"ctx-{ctx.fingerprint[:16]}", "id")
+    @staticmethod
+    def check_new_id(context_id: str) -> str:
+        """Refuse an id that can never be created, before any slow fitting starts."""
+        check_context_id(context_id, "id")
         if context_id == DEFAULT_CONTEXT_ID:
             raise APIError(400, "The id 'default' names the server's default context.", param="id")
+        return context_id
+
+    def add(self, ctx: CorpusContext, context_id: str | None) -> tuple[str, CorpusContext, bool]:
+        """Store `ctx`; returns (id, stored context, created). Adding the same context under
+        the same id again returns the stored one."""
+        context_id = self.check_new_id(context_id or f"ctx-{ctx.fingerprint[:16]}")
         with self._write_lock:
             with self._lock:
                 existing = self._contexts.get(context_id)
                 taken = existing is not None or context_id in self._unusable
             if existing is not None and existing.fingerprint == ctx.fingerprint:
-                return context_id, False
+                return context_id, existing, False
             if taken:
                 raise APIError(
                     409,
@@ -308,7 +315,7 @@ class ContextStore:
             ctx.save(self._path(context_id))
             with self._lock:
                 self._contexts[context_id] = ctx
-        return context_id, True
+        return context_id, ctx, True
 
     def delete(self, context_id: str) -> None:
         check_context_id(context_id)
@@ -545,14 +552,16 @@ def create_app(
                 f"({model.corpus_size} first-stage vectors of {model.dim} numbers), not both "
                 "or neither.",
             )
+        if body.id is not None:
+            store.check_new_id(body.id)
         if body.documents is not None:
             documents = input_texts(body.documents, "documents", max_items=None)
             ctx = await run_in_threadpool(model.fit_context, documents, seed=body.seed)
         else:
             ctx = context_from_rows(model, body.embeddings or [])
-        context_id, created_now = await run_in_threadpool(store.add, ctx, body.id)
+        context_id, stored, created_now = await run_in_threadpool(store.add, ctx, body.id)
         return JSONResponse(
-            context_object(context_id, ctx), status_code=201 if created_now else 200
+            context_object(context_id, stored), status_code=201 if created_now else 200
         )
 
     @app.get("/v1/contexts")
