@@ -51,6 +51,8 @@ __all__ = [
     "document_id",
     "get_context",
     "get_model",
+    "langchain_embeddings",
+    "llama_index_embedding",
     "open_collection",
     "rebuild_collection",
 ]
@@ -522,6 +524,22 @@ def get_model(collection: Collection) -> CDEModel:
         return ef.model
     config = _cde_config(collection)
     return shared_model(config["model"], revision=config.get("revision"))
+
+
+def langchain_embeddings(collection: Collection, **kwargs: Any) -> Any:
+    """LangChain `Embeddings` (cde_rag.langchain.CDEEmbeddings) with the collection's stored
+    model and context, for `langchain_chroma.Chroma(client=..., collection_name=...)`."""
+    from .langchain import CDEEmbeddings
+
+    return CDEEmbeddings(model=get_model(collection), context=get_context(collection), **kwargs)
+
+
+def llama_index_embedding(collection: Collection, **kwargs: Any) -> Any:
+    """A LlamaIndex embedding (cde_rag.llama_index.CDEEmbedding) with the collection's stored
+    model and context, for `ChromaVectorStore(chroma_collection=collection)`."""
+    from .llama_index import CDEEmbedding
+
+    return CDEEmbedding(model=get_model(collection), context=get_context(collection), **kwargs)
 
 
 def _bound_function(collection: Collection) -> CDEEmbeddingFunction:
