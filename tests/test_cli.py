@@ -249,6 +249,8 @@ def test_context_fit_show_save_and_collection(tmp_path, docs, tiny_path, capsys)
             ["query", "x", "-c", "fine", "--chroma-url", "http://127.0.0.1:9"],
             "cannot reach the Chroma server",
         ),
+        (["query", "  ", "-c", "fine", "--db", "{tmp}"], "The query is empty"),
+        (["query", "x", "-c", "fine", "--db", "{tmp}", "-k", "0"], "k must be a positive integer"),
         (["context", "show", "{tmp}/file.txt"], "not a readable cde-rag context"),
         (["context", "show", "{tmp}/none.safetensors"], "No context file at"),
         (["context", "show"], "takes a context file PATH or --collection NAME"),

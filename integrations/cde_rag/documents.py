@@ -172,7 +172,7 @@ def _read_bytes(file: Path, max_bytes: int) -> bytes:
     if info.st_size > max_bytes:
         raise DocumentError(
             f"file is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit; split it or "
-            "raise max_bytes"
+            "raise the limit (max_bytes; cde-rag index --max-mb)"
         )
     try:
         with file.open("rb") as fh:

@@ -67,10 +67,15 @@ class IndexReport:
     def summary(self) -> str:
         how = "fitted on these chunks" if self.new_collection else "kept from the collection"
         return (
-            f"Indexed {self.files} files into {self.collection!r}: {self.chunks} chunks, "
-            f"{self.added} added, {self.skipped} already stored, {len(self.errors)} files "
-            f"skipped; context {self.context[:12]} ({how})."
+            f"Indexed {_plural(self.files, 'file')} into {self.collection!r}: "
+            f"{_plural(self.chunks, 'chunk')}, {self.added} added, {self.skipped} already "
+            f"stored, {_plural(len(self.errors), 'file')} skipped; context {self.context[:12]} "
+            f"({how})."
         )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 @dataclass(frozen=True)
@@ -321,6 +326,14 @@ _UNITS = {"load": "file", "chunk": "doc", "context": "fit", "store": "chunk"}
 # -- querying ---------------------------------------------------------------------------------
 
 
+def check_query(query: str, k: int) -> None:
+    """Refuse an empty query or a bad k before any model is loaded."""
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("The query is empty; pass the question or text to search for.")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}.")
+
+
 def query_collection(
     collection: Collection,
     query: str,
@@ -331,10 +344,7 @@ def query_collection(
     """The `k` chunks nearest to `query`, best first, embedded with the collection's context."""
     from . import chroma
 
-    if not isinstance(query, str) or not query.strip():
-        raise ValueError("The query is empty; pass the question or text to search for.")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
+    check_query(query, k)
     model = chroma.get_model(collection)
     vector = model.embed_queries([query], context=chroma.get_context(collection))
     found = collection.query(

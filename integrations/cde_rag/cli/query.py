@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ingest import query_collection
+    from ..ingest import check_query, query_collection
 
+    check_query(args.text, args.k)
     collection = open_existing(args)
     where = {"source": args.source} if args.source else None
     hits = query_collection(collection, args.text, k=args.k, where=where)
