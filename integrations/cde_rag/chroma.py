@@ -289,7 +289,7 @@ def _find_context(fingerprint: str, store_name: str, tenant: str, database: str)
         try:
             server = system.instance(ServerAPI)
             model = server.get_collection(name=store_name, tenant=tenant, database=database)
-        except Exception:
+        except Exception:  # not in this connection (or it is down): try the next one
             continue
         store = Collection(client=server, model=model, embedding_function=None)
         return _read_context(store, fingerprint)
