@@ -145,6 +145,10 @@ def test_search_is_exact_across_chunks_and_breaks_ties_by_position(monkeypatch):
         np.testing.assert_array_equal(idx, np.argsort(-full, axis=1, kind="stable")[:, :10])
         np.testing.assert_allclose(scores, np.take_along_axis(full, idx, 1), rtol=1e-6)
         assert list(idx[5, :2]) == [7, 40]
+    # Ten identical documents straddling the k-th place: the first five by position win.
+    docs[20:30] = docs[3]
+    idx, _ = search(docs[3:4], [docs[i : i + 3] for i in range(0, 53, 3)], k=5)
+    assert list(idx[0]) == [3, 20, 21, 22, 23]
     idx, _ = search(queries, [docs[:3]], k=10)  # fewer documents than k
     assert idx.shape == (6, 3)
 

@@ -238,15 +238,31 @@ def search(
             chunk_scores = block @ np.asarray(chunk, dtype=np.float32).T
             chunk_ids = np.broadcast_to(np.arange(offset, offset + len(chunk)), chunk_scores.shape)
             offset += len(chunk)
-            cand_s = np.concatenate([best_s, chunk_scores], axis=1)
-            cand_i = np.concatenate([best_i, chunk_ids], axis=1)
-            # Stable: earlier (lower-position) candidates win ties, by induction over chunks.
-            order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-            best_s = np.take_along_axis(cand_s, order, axis=1)
-            best_i = np.take_along_axis(cand_i, order, axis=1)
+            best_i, best_s = _top_k(
+                np.concatenate([best_i, chunk_ids], axis=1),
+                np.concatenate([best_s, chunk_scores], axis=1),
+                k,
+            )
         indices.append(best_i)
         scores.append(best_s)
     return np.concatenate(indices), np.concatenate(scores)
+
+
+def _top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k best by (score descending, position ascending), sorted.
+
+    argpartition finds the k best in linear time but picks arbitrarily among scores tied
+    at the k-th place; rows with such a tie (duplicate documents) take the exact sort.
+    """
+    if scores.shape[1] > k:
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(scores, top, axis=1).min(axis=1, keepdims=True)
+        for row in np.flatnonzero((scores >= kth).sum(axis=1) > k):
+            top[row] = np.lexsort((ids[row], -scores[row]))[:k]
+        ids = np.take_along_axis(ids, top, axis=1)
+        scores = np.take_along_axis(scores, top, axis=1)
+    order = np.lexsort((ids, -scores), axis=-1)
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def score_run(
