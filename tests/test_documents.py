@@ -345,3 +345,31 @@ def test_chunking_properties(text, size, data):
     again = chunk_documents([doc], chunk_size=size, chunk_overlap=overlap)
     assert [c.id for c in again] == [c.id for c in chunks]
     assert len({c.id for c in chunks}) == len(chunks)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.one_of(
+        st.binary(max_size=3000),
+        st.text(max_size=1000).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        st.text(max_size=500).map(lambda t: t.encode("utf-16")),
+        st.binary(max_size=500).map(lambda b: b"%PDF-1.4\n" + b),
+        st.text(max_size=500).map(lambda t: f"<html><body><p>{t}</p></body></html>".encode()),
+    ),
+    suffix=st.sampled_from(SUPPORTED_SUFFIXES),
+)
+def test_any_bytes_load_cleanly_or_give_a_reason(data, suffix):
+    """Whatever the bytes, loading returns clean text or raises DocumentError, nothing else."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"input{suffix}"
+        path.write_bytes(data)
+        try:
+            doc = load_document(path)
+        except DocumentError as exc:
+            assert str(exc)
+            return
+    assert doc.text.strip() == doc.text and doc.text
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]", doc.text)
+    doc.text.encode("utf-8")  # no lone surrogates: storable anywhere
