@@ -447,7 +447,7 @@ class CDEModel:
     ) -> np.ndarray:
         out = np.zeros((len(token_ids), self.dim), dtype=np.float32)
         stage = self.second_stage
-        prefix_rows = torch.tensor(context.embeddings, device=self.device, dtype=self.dtype)
+        prefix_rows = torch.tensor(context.embeddings, device=self.device, dtype=torch.float32)
         with torch.inference_mode():
             ctx_prefix = stage.prefix(prefix_rows)
             for batch in self._batches(token_ids, batch_size, show_progress, desc):

@@ -90,7 +90,9 @@ def _local_mask(q_start: int, n_queries: int, n_keys: int, window: int, device) 
     band = ((j[None, :] - i[:, None]) >= 0) & ((j[None, :] - i[:, None]) <= 2 * window)
     key_pos = q_start + torch.arange(blocks, device=device)[:, None] * window - window + j[None, :]
     valid = (key_pos >= 0) & (key_pos < n_keys)
-    return band[None, :, :] & valid[:, None, :]
+    allowed = band[None, :, :] & valid[:, None, :]
+    # Additive float mask: with it (not a bool one) SDPA on CPU takes its fused kernel.
+    return torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))
 
 
 def _attention(
@@ -125,7 +127,8 @@ def _attention(
     key = (q_start, n_queries, n_keys, window)
     if key not in masks:
         masks[key] = _local_mask(q_start, n_queries, n_keys, window, q.device)
-    out = F.scaled_dot_product_attention(q, spans(k), spans(v), attn_mask=masks[key])
+    mask = masks[key].expand(heads, -1, -1, -1)  # SDPA wants a 4-d mask to use its fused kernel
+    out = F.scaled_dot_product_attention(q, spans(k), spans(v), attn_mask=mask)
     return out.reshape(heads, blocks * window, dim)[:, :n_queries]
 
 
@@ -167,22 +170,22 @@ def run_backbone(
         window = None if attn.sliding_window is None else attn.sliding_window - 1
         h = layer.attn_norm(x)
         qkv = _linear(attn.Wqkv, h).view(-1, 3, heads, head_dim)
-        q, kv = qkv[:, 0], qkv[:, 1:]
-        kv = torch.cat((_rotate(kv[:, :1], cos, sin), kv[:, 1:]), dim=1)
+        v = qkv[:, 2]
         if last:
-            q, cos, sin = q[keep], cos[keep], sin[keep]
-        q = _rotate(q, cos, sin).to(attn.Wo.weight.dtype)
-        kv = kv.to(attn.Wo.weight.dtype)
+            k = _rotate(qkv[:, 1], cos, sin)
+            q = _rotate(qkv[keep, 0], cos[keep], sin[keep])
+        else:
+            q, k = _rotate(qkv[:, :2], cos, sin).unbind(1)
         outputs, q_row = [], 0
-        for start, n, k in zip(starts[:-1], lengths, keep_from, strict=True):
-            q_start = k if last else 0
+        for start, n, first_kept in zip(starts[:-1], lengths, keep_from, strict=True):
+            q_start = first_kept if last else 0
             n_queries = n - q_start
             if n_queries <= 0:
                 continue
             out = _attention(
                 q[q_row : q_row + n_queries].transpose(0, 1),
-                kv[start : start + n, 0].transpose(0, 1),
-                kv[start : start + n, 1].transpose(0, 1),
+                k[start : start + n].transpose(0, 1),
+                v[start : start + n].transpose(0, 1),
                 q_start,
                 window,
                 masks,
