@@ -114,34 +114,36 @@ def index_paths(
     check_collection_name(collection)
     check_chunk_sizes(chunk_size, chunk_overlap)
     report = _Reporter(progress, show_progress)
-    loaded = load_documents(
-        paths,
-        recursive=recursive,
-        max_bytes=max_bytes,
-        progress=lambda done, total: report("load", done, total),
-    )
-    if not loaded.documents:
+    try:
+        loaded = load_documents(
+            paths,
+            recursive=recursive,
+            max_bytes=max_bytes,
+            progress=lambda done, total: report("load", done, total),
+        )
+    finally:
         report.close()
+    if not loaded.documents:
         detail = "; ".join(f"{p}: {why}" for p, why in loaded.skipped[:3]) or "no files given"
         more = f" (and {len(loaded.skipped) - 3} more)" if len(loaded.skipped) > 3 else ""
         raise DocumentError(
             f"Nothing to index: no readable .txt/.md/.pdf/.html file among the paths given "
             f"({detail}{more})."
         )
-    result = _index(
+    result = index_documents(
         loaded.documents,
-        client,
-        collection,
-        model,
-        chunk_size,
-        chunk_overlap,
-        seed,
-        batch_size,
-        embedding_cache,
-        device,
-        dtype,
-        show_progress,
-        report,
+        client=client,
+        collection=collection,
+        model=model,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        seed=seed,
+        batch_size=batch_size,
+        embedding_cache=embedding_cache,
+        device=device,
+        dtype=dtype,
+        show_progress=show_progress,
+        progress=report,
     )
     return replace(result, errors=list(loaded.skipped))
 
@@ -169,64 +171,33 @@ def index_documents(
     SQLite file that keeps computed vectors, so re-indexing the same chunks under the same
     context re-embeds nothing.
     """
-    check_collection_name(collection)
-    return _index(
-        documents,
-        client,
-        collection,
-        model,
-        chunk_size,
-        chunk_overlap,
-        seed,
-        batch_size,
-        embedding_cache,
-        device,
-        dtype,
-        show_progress,
-        _Reporter(progress, show_progress),
-    )
-
-
-def _index(
-    documents: Sequence[Document],
-    client: ClientAPI,
-    collection: str,
-    model: str | os.PathLike[str] | CDEModel | None,
-    chunk_size: int,
-    chunk_overlap: int,
-    seed: int,
-    batch_size: int | None,
-    embedding_cache: str | os.PathLike[str] | None,
-    device: str | None,
-    dtype: DTypeLike,
-    show_progress: bool | None,
-    report: _Reporter,
-) -> IndexReport:
     from . import chroma
 
-    report("chunk", 0, len(documents))
-    chunks = chunk_documents(documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
-    report("chunk", len(documents), len(documents))
-    if not chunks:
+    check_collection_name(collection)
+    # index_paths passes its own reporter on, so its bars and hooks carry over.
+    report = progress if isinstance(progress, _Reporter) else _Reporter(progress, show_progress)
+    try:
+        report("chunk", 0, len(documents))
+        chunks = chunk_documents(documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+        report("chunk", len(documents), len(documents))
+        if not chunks:
+            raise DocumentError("Nothing to index: the documents have no text to chunk.")
+        store, new = _open_or_create(
+            client, collection, chunks, model, seed, device, dtype, show_progress, report
+        )
+        if embedding_cache is not None:
+            chroma.get_model(store).use_embedding_cache(embedding_cache)
+        added = chroma.add_documents(
+            store,
+            [c.text for c in chunks],
+            ids=[c.id for c in chunks],
+            metadatas=[c.metadata for c in chunks],
+            batch_size=batch_size,
+            show_progress=False,
+            progress=lambda done, total: report("store", done + len(chunks) - total, len(chunks)),
+        )
+    finally:
         report.close()
-        raise DocumentError("Nothing to index: the documents have no text to chunk.")
-
-    store, new = _open_or_create(
-        client, collection, chunks, model, seed, device, dtype, show_progress, report
-    )
-    loaded = chroma.get_model(store)
-    if embedding_cache is not None:
-        loaded.use_embedding_cache(embedding_cache)
-    added = chroma.add_documents(
-        store,
-        [c.text for c in chunks],
-        ids=[c.id for c in chunks],
-        metadatas=[c.metadata for c in chunks],
-        batch_size=batch_size,
-        show_progress=False,
-        progress=lambda done, total: report("store", done + len(chunks) - total, len(chunks)),
-    )
-    report.close()
     return IndexReport(
         collection=collection,
         files=len(documents),
