@@ -187,6 +187,20 @@ def test_metric_and_option_checks():
         parse_seeds("42;1")
 
 
+def test_evaluate_refuses_empty_or_ambiguous_settings(tiny_model, data_dir):
+    with pytest.raises(ValueError, match="Nothing to evaluate"):
+        evaluate(tiny_model, data_dir, seeds=[], fallback=False)
+    with pytest.raises(ValueError, match="must be unique"):
+        evaluate(
+            tiny_model,
+            data_dir,
+            seeds=[],
+            baselines={"fallback (random strings)": HashingBagOfWords()},
+        )
+    with pytest.raises(ValueError, match="distinct non-negative"):
+        evaluate(tiny_model, data_dir, seeds=[1, 1])
+
+
 def test_baseline_spec_builds_a_real_embeddings():
     name, emb = parse_baseline('bow=test_eval:HashingBagOfWords:{"dim": 64}')
     assert (name, type(emb).__name__, emb.dim) == ("bow", "HashingBagOfWords", 64)

@@ -628,14 +628,12 @@ def evaluate(
     for name, embeddings in (baselines or {}).items():
         settings.append(_baseline_setting(name, embeddings))
     names = [s.name for s in settings]
+    if not names:
+        raise ValueError("Nothing to evaluate: give a seed, keep the fallback or add a baseline.")
     if len(set(names)) != len(names):
         raise ValueError(f"Setting names must be unique, got {names}: rename the baseline.")
 
-    own_cache = (
-        cache is not None
-        and getattr(model, "embedding_cache", None) is None
-        and hasattr(model, "use_embedding_cache")
-    )
+    own_cache = cache is not None and model.embedding_cache is None
     if own_cache:
         model.use_embedding_cache(cache / "embeddings.sqlite")
     try:
