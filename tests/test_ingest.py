@@ -78,7 +78,7 @@ def client(tmp_path):
 
 
 def test_index_report_rerun_and_stored_records(tmp_path, client, tiny_model):
-    docs = write_corpus(tmp_path / "docs")
+    docs = write_corpus(tmp_path / "docs", files=6)
     chunks = expected_chunks(docs)
     events: list[tuple[str, int, int]] = []
     report = index_paths(
@@ -86,13 +86,13 @@ def test_index_report_rerun_and_stored_records(tmp_path, client, tiny_model):
         client=client,
         collection="docs",
         model=tiny_model,
-        batch_size=16,
+        batch_size=8,
         progress=lambda *e: events.append(e),
         **CHUNKING,
     )
     assert isinstance(report, IndexReport)
     assert (report.files, report.chunks, report.added, report.skipped) == (
-        12,
+        6,
         len(chunks),
         len(chunks),
         0,
@@ -200,7 +200,7 @@ def test_refusals_write_nothing(tmp_path, client, tiny_model, make_checkpoint):
 STORE_LINE = re.compile(r"^store (\d+)/(\d+)$")
 
 
-def cli_index(docs: Path, db: Path, tiny_path: str, batch: int = 16) -> list[str]:
+def cli_index(docs: Path, db: Path, tiny_path: str, batch: int = 8) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -272,10 +272,10 @@ def inspect(db: Path, expected: dict[str, str]) -> tuple[set[str], str | None]:
 
 @pytest.mark.slow
 def test_kill_9_at_several_points_then_rerun(tmp_path, tiny_path):
-    docs = write_corpus(tmp_path / "docs", files=12)
+    docs = write_corpus(tmp_path / "docs", files=8)
     expected = {c.id: c.text for c in expected_chunks(docs)}
     total = len(expected)
-    assert total > 100
+    assert total > 60
     db = tmp_path / "db"
     cmd = cli_index(docs, db, tiny_path)
 
@@ -292,7 +292,7 @@ def test_kill_9_at_several_points_then_rerun(tmp_path, tiny_path):
     assert killed
 
     # 2. Parked between stored batches: exactly the batches reported are there.
-    killed, lines = run_and_kill(cmd, store_at_least(len(ids) + 32))
+    killed, lines = run_and_kill(cmd, store_at_least(len(ids) + 16))
     ids, fingerprint = inspect(db, expected)
     last = [int(m.group(1)) for m in map(STORE_LINE.match, lines) if m][-1]
     assert killed and len(ids) == last and 0 < last < total
@@ -300,7 +300,7 @@ def test_kill_9_at_several_points_then_rerun(tmp_path, tiny_path):
     context = fingerprint
 
     # 3. Mid-batch, at a random moment while embedding/storing.
-    killed, _ = run_and_kill(cmd, store_at_least(len(ids) + 16), delay=random.uniform(0, 0.3))
+    killed, _ = run_and_kill(cmd, store_at_least(len(ids) + 8), delay=random.uniform(0, 0.3))
     ids_before, fingerprint = inspect(db, expected)
     assert killed and fingerprint == context and len(ids_before) >= len(ids)
 
