@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import hashlib
 import json
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -526,6 +530,7 @@ class CDEModel:
                     out[batch.indices] = vectors.float().cpu().numpy()
         finally:
             del stage
+            _release_memory()
         return out
 
     def _read_weights(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -587,6 +592,15 @@ class CDEModel:
             show = len(token_ids) >= PROGRESS_MIN_TEXTS
         total = -(-len(token_ids) // size)
         return tqdm(batches, total=total, desc=desc, unit="batch", disable=not show)
+
+
+def _release_memory() -> None:
+    """Hand freed memory back to the OS: glibc keeps large freed blocks mapped otherwise, and
+    the released first stage (0.6 GB for cde-small-v2 in fp32) would still count as resident."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _prefix(input_type: str) -> str:
