@@ -138,6 +138,9 @@ def test_new_files_join_with_the_stored_context(tmp_path, client, tiny_model):
     assert second.skipped == first.chunks
     assert second.context == first.context
     assert len(stored(client, "grow")) == first.chunks + len(new_chunks)
+    with pytest.raises(ValueError, match="chunk size 200 and overlap 20; this run uses 300 and 20"):
+        index_paths([docs], client=client, collection="grow", chunk_size=300, chunk_overlap=20)
+    assert len(stored(client, "grow")) == first.chunks + len(new_chunks)
 
 
 def test_query_collection_matches_exact_cosine_ranking(tmp_path, client, tiny_model):

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 ProgressCallback = Callable[[str, int, int], None]
 """`progress(phase, done, total)`; phases are "load", "chunk", "context", "store"."""
 PHASES = ("load", "chunk", "context", "store")
+# Collection metadata recording how its files were chunked.
+_CHUNK_SIZE_KEY = "cde_rag_chunk_size"
+_CHUNK_OVERLAP_KEY = "cde_rag_chunk_overlap"
 # Chroma's rule for names, minus room for the suffix of the collection that holds the context.
 _MAX_NAME = 512 - len("-cde-context-0123456789abcdef")
 _COLLECTION_NAME = re.compile(rf"[a-zA-Z0-9](?:[a-zA-Z0-9._-]{{1,{_MAX_NAME - 2}}})[a-zA-Z0-9]")
@@ -182,8 +185,9 @@ def index_documents(
         report("chunk", len(documents), len(documents))
         if not chunks:
             raise DocumentError("Nothing to index: the documents have no text to chunk.")
+        chunking = {_CHUNK_SIZE_KEY: chunk_size, _CHUNK_OVERLAP_KEY: chunk_overlap}
         store, new = _open_or_create(
-            client, collection, chunks, model, seed, device, dtype, show_progress, report
+            client, collection, chunks, chunking, model, seed, device, dtype, show_progress, report
         )
         if embedding_cache is not None:
             chroma.get_model(store).use_embedding_cache(embedding_cache)
@@ -223,6 +227,7 @@ def _open_or_create(
     client: ClientAPI,
     name: str,
     chunks: list[Chunk],
+    chunking: dict[str, int],
     model: str | os.PathLike[str] | CDEModel | None,
     seed: int,
     device: str | None,
@@ -235,9 +240,12 @@ def _open_or_create(
     from . import chroma
 
     try:
-        return chroma.open_collection(client, name, model=model, device=device, dtype=dtype), False
+        store = chroma.open_collection(client, name, model=model, device=device, dtype=dtype)
     except NotFoundError:
         pass
+    else:
+        _check_chunking(store, chunking)
+        return store, False
     report("context", 0, 1)
     store = chroma.create_collection(
         client,
@@ -247,11 +255,28 @@ def _open_or_create(
         seed=seed,
         device=device,
         dtype=dtype,
+        metadata=chunking,
         get_or_create=True,  # another process may create it meanwhile: then use its context
         show_progress=show_progress,
     )
     report("context", 1, 1)
+    _check_chunking(store, chunking)
     return store, True
+
+
+def _check_chunking(store: Collection, chunking: dict[str, int]) -> None:
+    """Refuse to chunk a collection's files a second way: both sets of chunks would be kept,
+    so every passage would be stored (and retrieved) twice."""
+    meta = store.metadata or {}
+    recorded = {key: meta[key] for key in chunking if key in meta}
+    if recorded and recorded != chunking:
+        raise ValueError(
+            f"Collection {store.name!r} was indexed with chunk size "
+            f"{recorded.get(_CHUNK_SIZE_KEY)} and overlap {recorded.get(_CHUNK_OVERLAP_KEY)}; "
+            f"this run uses {chunking[_CHUNK_SIZE_KEY]} and {chunking[_CHUNK_OVERLAP_KEY]}, "
+            "which would store every passage twice. Use the same values, or index into a new "
+            "collection."
+        )
 
 
 class _Reporter:
@@ -288,7 +313,7 @@ class _Reporter:
 _LABELS = {
     "load": "Reading files",
     "chunk": "Chunking",
-    "context": "Fitting context",
+    "context": "Corpus context",
     "store": "Embedding+storing",
 }
 _UNITS = {"load": "file", "chunk": "doc", "context": "fit", "store": "chunk"}
