@@ -103,7 +103,14 @@ def test_extractive_answer_quotes_overlapping_chunks_once():
 def test_extractive_answer_without_overlap_says_so_and_quotes_top_chunk():
     answer = extractive_answer("zebra xylophone", SOURCES)
     assert "shares a word" in answer
-    assert answer.endswith("# Pets [1]")
+    assert answer.endswith("Cats sleep most of the day. [1]")
+
+
+def test_extractive_answer_skips_headings_unless_nothing_else_is_there():
+    answer = extractive_answer("pets", SOURCES)  # only the heading says "pets"
+    assert "# Pets" not in answer and "shares a word" in answer
+    only = [Source(1, "t.md", 0, 0.9, "# Pets")]
+    assert extractive_answer("pets", only) == "# Pets [1]"
 
 
 def test_extractive_answer_with_nothing_retrieved():

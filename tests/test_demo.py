@@ -292,6 +292,20 @@ def test_markdown_escaping_and_chat_text():
     assert chat_text(answer).startswith("Use \\*bold\\* claims. \\[1\\]")
 
 
+def test_failure_messages(capsys):
+    from cde_rag.demo_app import failure
+    from cde_rag.errors import ContextError
+
+    assert failure(ContextError("refit it")) == "refit it"
+    assert failure(OSError("disk full")) == "disk full"
+    try:
+        raise TypeError("bug here")
+    except TypeError as exc:
+        message = failure(exc)
+    assert message.startswith("internal error (TypeError: bug here)")
+    assert "Traceback" in capsys.readouterr().err
+
+
 def test_safe_launch_options(tmp_path):
     options = launch_options(tmp_path / "data", port=7999, max_file_mb=3)
     assert options["server_name"] == "127.0.0.1" and options["server_port"] == 7999

@@ -118,10 +118,11 @@ def extractive_answer(
     chunks the job is precision - which sentence holds the words the question asks about. A
     sentence scores the IDF-weighted share of the question's content words it contains (IDF
     over the candidate sentences, so words found everywhere in the retrieved text count for
-    little); ties go to the better-ranked chunk, then to the earlier sentence. This costs no
-    model calls, is deterministic, and the user can see why a sentence was picked. When no
-    sentence shares a word with the question, the answer says so and quotes the top chunk's
-    opening sentence, since retrieval still judged that chunk closest.
+    little); Markdown headings are left out unless nothing else is there; ties go to the
+    better-ranked chunk, then to the earlier sentence. This costs no model calls, is
+    deterministic, and the user can see why a sentence was picked. When no sentence shares a
+    word with the question, the answer says so and quotes the top chunk's opening sentence,
+    since retrieval still judged that chunk closest.
     """
     if max_sentences < 1:
         raise ValueError(f"max_sentences must be at least 1, got {max_sentences!r}.")
@@ -132,6 +133,8 @@ def extractive_answer(
     ]
     if not candidates:
         return "Nothing relevant is indexed yet: upload documents and index them first."
+    # Headings name a topic but answer nothing; quote them only when there is nothing else.
+    candidates = [c for c in candidates if not c.sentence.startswith("#")] or candidates
     wanted = terms(question)
     idf = _idf(wanted, candidates)
     total = sum(idf.values())

@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -461,6 +462,17 @@ CSS = """
 """
 
 
+def failure(exc: BaseException) -> str:
+    """What the page says about an error: the message of a user error (bad file, bad input,
+    unusable index); for anything else, its type, with the traceback on the demo's stderr."""
+    from chromadb.errors import ChromaError
+
+    if isinstance(exc, (CDEError, ValueError, OSError, ChromaError)):
+        return str(exc)
+    traceback.print_exception(exc, file=sys.stderr)
+    return f"internal error ({type(exc).__name__}: {exc}); the demo's log has the details."
+
+
 def _progress_adapter(progress: Any) -> ProgressFn:
     """Turn `index_paths`'s (phase, done, total) callbacks into Gradio progress-bar updates."""
 
@@ -571,8 +583,8 @@ def build_demo(
     ) -> tuple:
         try:
             message = index.index_files(paths or [], progress=_progress_adapter(progress))
-        except (CDEError, ValueError, OSError) as exc:
-            message = f"**Indexing failed:** {md_escape(str(exc))}"
+        except Exception as exc:
+            message = f"**Indexing failed:** {md_escape(failure(exc))}"
         return status_markdown(index, message), context_markdown(index), None
 
     def on_samples(progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
@@ -585,8 +597,8 @@ def build_demo(
         seed_value = DEFAULT_SEED if seed is None else int(seed)
         try:
             message = index.refit(seed_value, progress=_progress_adapter(progress))
-        except (CDEError, ValueError, OSError) as exc:
-            message = f"**Re-fit failed:** {md_escape(str(exc))}"
+        except Exception as exc:
+            message = f"**Re-fit failed:** {md_escape(failure(exc))}"
         return status_markdown(index, message), context_markdown(index)
 
     def on_ask(question: str, history: list[dict] | None, last: str | None) -> tuple:
@@ -595,8 +607,8 @@ def build_demo(
             raise gr.Error("Type a question first.")
         try:
             answer = index.answer(question)
-        except (CDEError, ValueError, OSError) as exc:
-            raise gr.Error(str(exc)) from None
+        except Exception as exc:
+            raise gr.Error(failure(exc)) from None
         history = [
             *(history or []),
             {"role": "user", "content": question},
@@ -608,8 +620,8 @@ def build_demo(
         question = (question or last or "").strip()
         try:
             result = index.compare(question)
-        except (CDEError, ValueError, OSError) as exc:
-            raise gr.Error(str(exc)) from None
+        except Exception as exc:
+            raise gr.Error(failure(exc)) from None
         scope = (
             f"all {result.pool} chunks"
             if result.whole_collection
