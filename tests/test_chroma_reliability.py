@@ -316,3 +316,28 @@ def test_threads_adding_and_querying_one_collection(client, tiny_model, golden, 
     assert all(len(h) <= 2 and set(h) <= {document_id(t) for t in unique} for h in hits)
     _assert_consistent(col, tiny_model, unique)
     assert add_documents(col, unique) == AddResult(added=0, skipped=len(unique))
+
+
+def test_threads_creating_one_collection_get_the_same_one(client, tiny_model, texts):
+    made: list = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            made.append(
+                create_collection(
+                    client, "docs", model=tiny_model, corpus=texts, get_or_create=True
+                )
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    assert len({c.id for c in made}) == 1
+    assert {get_context(c) for c in made} == {tiny_model.fit_context(texts)}
+    assert sorted(c.name for c in client.list_collections()) == ["docs", _store_name(made[0])]

@@ -625,17 +625,31 @@ def create_collection(
             "create_collection needs exactly one of corpus= (documents to fit the context on; "
             "pass the documents you will index) or context= (a CorpusContext)."
         )
-    existing = _get_raw(client, name)
-    if existing is not None:
-        return _existing(client, existing, model, context, get_or_create, device, dtype, revision)
-    loaded = (
-        shared_model(model, revision=revision, device=device, dtype=dtype)
-        if not isinstance(model, CDEModel)
-        else model
-    )
-    if context is None:
-        context = loaded.fit_context(corpus, seed=seed, show_progress=show_progress)  # type: ignore[arg-type]
-    return _create(client, name, loaded, context, revision, metadata, get_or_create, device, dtype)
+    with _name_lock(name):
+        existing = _get_raw(client, name)
+        if existing is not None:
+            return _existing(
+                client, existing, model, context, get_or_create, device, dtype, revision
+            )
+        loaded = (
+            shared_model(model, revision=revision, device=device, dtype=dtype)
+            if not isinstance(model, CDEModel)
+            else model
+        )
+        if context is None:
+            context = loaded.fit_context(corpus, seed=seed, show_progress=show_progress)  # type: ignore[arg-type]
+        return _create(
+            client, name, loaded, context, revision, metadata, get_or_create, device, dtype
+        )
+
+
+_NAME_LOCKS: dict[str, threading.RLock] = {}
+
+
+def _name_lock(name: str) -> threading.RLock:
+    """Threads of one process create or rebuild a given collection one at a time."""
+    with _CONTEXTS_LOCK:
+        return _NAME_LOCKS.setdefault(name, threading.RLock())
 
 
 def _create(
@@ -874,64 +888,69 @@ def rebuild_collection(
 
     The new context is `context`, or fitted on `corpus`, or fitted on the collection's own
     documents. Work goes to a staging collection that replaces the old one only when complete;
-    if interrupted, run it again to resume or finish.
+    if interrupted, run it again (same arguments) to resume or finish. Documents added to the
+    old collection while it is rebuilt are not carried over.
     """
     if corpus is not None and context is not None:
         raise ContextError("Pass corpus= or context= to rebuild_collection, not both.")
-    staging_name = name + _REBUILD_SUFFIX
-    old = _get_raw(client, name)
-    staging = _get_raw(client, staging_name)
-    if old is None:
-        if staging is None:
-            raise NotFoundError(f"Collection {name!r} does not exist; nothing to rebuild.")
-        return _finish_rebuild(client, name, staging, model)
-    config = _cde_config(old)
-    ef_model = model if model is not None else config["model"]
-    loaded = (
-        ef_model
-        if isinstance(ef_model, CDEModel)
-        else shared_model(ef_model, revision=config.get("revision"))
-    )
-    page = client.get_max_batch_size()
-    ids, documents, metadatas = _all_records(old, page)
-    if context is None:
-        source = corpus if corpus is not None else documents
-        context = loaded.fit_context(source, seed=seed, show_progress=show_progress)
-    loaded.check_context(context)
-    if staging is not None and _cde_config(staging)["context_fingerprint"] != context.fingerprint:
-        delete_collection(client, staging_name)  # a different, abandoned rebuild
-        staging = None
-    if staging is None:
-        staging = _create(
-            client,
-            staging_name,
-            loaded,
-            context,
-            config.get("revision"),
-            {
-                **(old.metadata or {}),
-                _REPLACES_KEY: config.get("context_collection"),
-                _REPLACES_OWNER_KEY: str(old.id),
-            },
-            True,
-            None,
-            None,
-            store=context_collection_name(name, context.fingerprint),
+    with _name_lock(name):
+        staging_name = name + _REBUILD_SUFFIX
+        old = _get_raw(client, name)
+        staging = _get_raw(client, staging_name)
+        if old is None:
+            if staging is None:
+                raise NotFoundError(f"Collection {name!r} does not exist; nothing to rebuild.")
+            return _finish_rebuild(client, name, staging, model)
+        config = _cde_config(old)
+        ef_model = model if model is not None else config["model"]
+        loaded = (
+            ef_model
+            if isinstance(ef_model, CDEModel)
+            else shared_model(ef_model, revision=config.get("revision"))
         )
-    else:
-        staging = open_collection(client, staging_name, model=loaded)
-    add_documents(
-        staging,
-        documents,
-        ids=ids,
-        metadatas=metadatas,
-        batch_size=batch_size,
-        show_progress=show_progress,
-        progress=progress,
-    )
-    # Staging now holds everything: only now may the old collection go.
-    client.delete_collection(name)
-    return _finish_rebuild(client, name, staging, model)
+        page = client.get_max_batch_size()
+        ids, documents, metadatas = _all_records(old, page)
+        if context is None:
+            source = corpus if corpus is not None else documents
+            context = loaded.fit_context(source, seed=seed, show_progress=show_progress)
+        loaded.check_context(context)
+        if (
+            staging is not None
+            and _cde_config(staging)["context_fingerprint"] != context.fingerprint
+        ):
+            delete_collection(client, staging_name)  # a different, abandoned rebuild
+            staging = None
+        if staging is None:
+            staging = _create(
+                client,
+                staging_name,
+                loaded,
+                context,
+                config.get("revision"),
+                {
+                    **(old.metadata or {}),
+                    _REPLACES_KEY: config.get("context_collection"),
+                    _REPLACES_OWNER_KEY: str(old.id),
+                },
+                True,
+                None,
+                None,
+                store=context_collection_name(name, context.fingerprint),
+            )
+        else:
+            staging = open_collection(client, staging_name, model=loaded)
+        add_documents(
+            staging,
+            documents,
+            ids=ids,
+            metadatas=metadatas,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            progress=progress,
+        )
+        # Staging now holds everything: only now may the old collection go.
+        client.delete_collection(name)
+        return _finish_rebuild(client, name, staging, model)
 
 
 def _finish_rebuild(
