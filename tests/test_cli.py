@@ -284,3 +284,25 @@ def test_debug_env_shows_the_traceback(monkeypatch, tmp_path):
     monkeypatch.setenv("CDE_RAG_DEBUG", "1")
     with pytest.raises(FileNotFoundError, match="no Chroma database"):
         main(["query", "x", "-c", "abc", "--db", str(tmp_path / "missing")])
+
+
+def test_missing_extra_is_one_line_but_bugs_keep_their_traceback(monkeypatch, capsys):
+    import cde_rag.cli.query as query
+
+    def needs_gradio(args):
+        raise ModuleNotFoundError("No module named 'gradio'", name="gradio")
+
+    monkeypatch.setattr(query, "run", needs_gradio)
+    code, _, err = run_main(capsys, "query", "x", "-c", "abc")
+    assert code == 1
+    assert err == (
+        "cde-rag query: error: missing package 'gradio'; install the extras this command "
+        "needs, e.g. pip install 'cde-rag[all]'\n"
+    )
+
+    def bug(args):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(query, "run", bug)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["query", "x", "-c", "abc"])

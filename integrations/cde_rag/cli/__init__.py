@@ -12,21 +12,11 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 
 from ..errors import CDEError
 
 COMMANDS = ("index", "query", "context", "serve", "demo", "bench", "eval")
 DEBUG_ENV = "CDE_RAG_DEBUG"
-
-
-def _command_module(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__name__}.{name}":
-            return None
-        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,11 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cde-rag {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        module = _command_module(name)
-        if module is None:
-            sub = commands.add_parser(name, help="(not available in this installation)")
-            sub.set_defaults(run=_unavailable(name))
-            continue
+        module = importlib.import_module(f"{__name__}.{name}")
         sub = commands.add_parser(
             name,
             help=module.HELP,
@@ -57,24 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unavailable(name: str):
-    def run(args: argparse.Namespace) -> int:
-        raise CDEError(f"the '{name}' command is not available in this installation of cde-rag.")
-
-    return run
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input or environment, shown as one line instead of a traceback."""
-    errors: list[type[BaseException]] = [CDEError, ValueError, OSError, ImportError]
+def _is_user_error(exc: BaseException) -> bool:
+    """Bad input or environment (shown as one line), as opposed to a bug (a traceback)."""
+    if isinstance(exc, ModuleNotFoundError):  # an optional dependency is not installed
+        return bool(exc.name) and exc.name.split(".")[0] != "cde_rag"
+    errors: list[type[BaseException]] = [CDEError, ValueError, OSError]
     chroma = sys.modules.get("chromadb.errors")
     if chroma is not None:
         errors.append(chroma.ChromaError)
-    return tuple(errors)
+    return isinstance(exc, tuple(errors))
 
 
 def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, ImportError) and exc.name:
+    if isinstance(exc, ModuleNotFoundError):
         return (
             f"missing package {exc.name!r}; install the extras this command needs, e.g. "
             "pip install 'cde-rag[all]'"
@@ -100,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:
-        if os.environ.get(DEBUG_ENV) or not isinstance(exc, _user_errors()):
+        if os.environ.get(DEBUG_ENV) or not _is_user_error(exc):
             raise
         print(f"cde-rag {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
