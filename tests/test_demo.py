@@ -318,6 +318,34 @@ def test_safe_launch_options(tmp_path):
     assert "reachable from other machines" in warn_if_exposed("0.0.0.0")
 
 
+def test_upload_refuses_other_file_types(index, tmp_path):
+    import gradio as gr
+    from gradio.data_classes import FileData, ListFiles
+
+    demo = build_demo(index)
+    upload = next(b for b in demo.blocks.values() if b.elem_id == "files")
+    exe = write(tmp_path, "tool.exe", b"MZ")
+    with pytest.raises(gr.Error, match="Invalid file type"):
+        upload.preprocess(ListFiles(root=[FileData(path=str(exe), orig_name="tool.exe")]))
+    ok = write(tmp_path, "notes.md", "# Notes")
+    assert upload.preprocess(ListFiles(root=[FileData(path=str(ok), orig_name="notes.md")])) == [
+        str(ok)
+    ]
+
+
+def test_spaces_entry_builds_the_demo_from_the_environment(tiny_path, tmp_path, monkeypatch):
+    import runpy
+
+    import gradio as gr
+
+    monkeypatch.setenv("CDE_RAG_MODEL", tiny_path)
+    monkeypatch.setenv("CDE_RAG_DEMO_DATA", str(tmp_path / "space"))
+    app = runpy.run_path(str(ROOT / "demo" / "app.py"))  # not __main__: builds, does not launch
+    assert isinstance(app["demo"], gr.Blocks)
+    assert app["index"].data_dir == (tmp_path / "space").resolve()
+    assert app["index"].llm is None
+
+
 def test_sample_documents_ship_with_the_demo():
     samples = sample_files()
     assert {p.suffix for p in samples} == {".md", ".txt", ".html"}

@@ -55,7 +55,13 @@ def demo_url(tiny_path, tmp_path_factory):
     """`cde-rag demo` on 127.0.0.1 with the tiny checkpoint, in its own process."""
     tmp = tmp_path_factory.mktemp("demo")
     port = free_port()
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "uploads"), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "GRADIO_TEMP_DIR": str(tmp / "uploads"),
+        "HF_HUB_OFFLINE": "1",
+        # ingest's test hook: pause 0.3 s per progress step, so the progress bar can be seen.
+        "CDE_RAG_TEST_STEP_DELAY": "0.3",
+    }
     for name in ("CDE_RAG_LLM_BASE_URL", "CDE_RAG_LLM_MODEL", "CDE_RAG_LLM_API_KEY"):
         env.pop(name, None)
     log = (tmp / "demo.log").open("w")
@@ -156,6 +162,8 @@ def test_upload_index_ask_in_two_sessions(demo_url, browser, tmp_path):
 
     upload(a, SAMPLES)
     a.click("#index")
+    # The progress bar names each phase as it runs.
+    wait_for_text(a, "#status", "Embedding and storing chunks")
     status = wait_for_text(a, "#status", "Indexed 2 files")
     assert "fitted on these chunks" in status
     assert "tea-brewing.md" in status and "tea-history.txt" in status
