@@ -366,6 +366,8 @@ def test_refuses_collections_without_a_cde_context(client, tiny_model):
         )
     with pytest.raises(ContextError, match="needs the corpus context"):
         CDEEmbeddingFunction(tiny_model)
+    with pytest.raises(ValueError, match="at most 480"):
+        create_collection(client, "x" * 481, model=tiny_model, corpus=["a"])
 
 
 # -- adding ---------------------------------------------------------------------------------------

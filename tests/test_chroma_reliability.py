@@ -268,6 +268,16 @@ def test_rebuild_fits_on_the_stored_documents_by_default(client, tiny_model, tex
     _assert_consistent(rebuilt, tiny_model, list(dict.fromkeys(texts)))
 
 
+def test_rebuild_with_the_same_context_keeps_a_working_collection(client, tiny_model, texts):
+    ctx = tiny_model.fit_context(texts)
+    col = create_collection(client, "docs", model=tiny_model, context=ctx)
+    add_documents(col, texts)
+    rebuilt = rebuild_collection(client, "docs", corpus=texts)  # same seed, same corpus
+    assert get_context(rebuilt) == ctx
+    assert {c.name for c in client.list_collections()} == {"docs", _store_name(rebuilt)}
+    _assert_consistent(rebuilt, tiny_model, list(dict.fromkeys(texts)))
+
+
 # -- threads --------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from chromadb.api import ClientAPI, ServerAPI
@@ -39,9 +39,14 @@ from .context import DEFAULT_SEED, CorpusContext
 from .errors import CDEError, CheckpointError, ContextError, ContextMismatchError, InputError
 from .model import PROGRESS_MIN_TEXTS, CDEModel, DTypeLike, check_texts, shared_model
 
+if TYPE_CHECKING:
+    from .langchain import CDEEmbeddings
+    from .llama_index import CDEEmbedding
+
 __all__ = [
     "DEFAULT_MODEL",
     "EF_NAME",
+    "MAX_NAME_LENGTH",
     "AddResult",
     "CDEEmbeddingFunction",
     "CollectionExistsError",
@@ -62,6 +67,8 @@ EF_NAME = "cde-rag"
 CONFIG_VERSION = 1
 CONTEXT_FORMAT = "cde-rag-chroma-context/1"
 DEFAULT_ADD_BATCH = 128
+# Chroma allows 512 characters; the context collection's name adds up to 32 to the collection's.
+MAX_NAME_LENGTH = 480
 SPACE: Space = "cosine"
 
 # Keys of the companion collection's metadata (Chroma metadata holds scalars only).
@@ -526,7 +533,7 @@ def get_model(collection: Collection) -> CDEModel:
     return shared_model(config["model"], revision=config.get("revision"))
 
 
-def langchain_embeddings(collection: Collection, **kwargs: Any) -> Any:
+def langchain_embeddings(collection: Collection, **kwargs: Any) -> CDEEmbeddings:
     """LangChain `Embeddings` (cde_rag.langchain.CDEEmbeddings) with the collection's stored
     model and context, for `langchain_chroma.Chroma(client=..., collection_name=...)`."""
     from .langchain import CDEEmbeddings
@@ -534,7 +541,7 @@ def langchain_embeddings(collection: Collection, **kwargs: Any) -> Any:
     return CDEEmbeddings(model=get_model(collection), context=get_context(collection), **kwargs)
 
 
-def llama_index_embedding(collection: Collection, **kwargs: Any) -> Any:
+def llama_index_embedding(collection: Collection, **kwargs: Any) -> CDEEmbedding:
     """A LlamaIndex embedding (cde_rag.llama_index.CDEEmbedding) with the collection's stored
     model and context, for `ChromaVectorStore(chroma_collection=collection)`."""
     from .llama_index import CDEEmbedding
@@ -624,6 +631,11 @@ def create_collection(
         raise ContextError(
             "create_collection needs exactly one of corpus= (documents to fit the context on; "
             "pass the documents you will index) or context= (a CorpusContext)."
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"Collection name is {len(name)} characters long; cde-rag collections may have at "
+            f"most {MAX_NAME_LENGTH} (the context collection's name adds to it). Use a shorter one."
         )
     with _name_lock(name):
         existing = _get_raw(client, name)
