@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -343,13 +344,26 @@ def test_refuses_an_altered_context_collection(client, filled, tiny_model):
         open_collection(client, "docs")
 
 
+def _perturbed(weights: dict) -> dict:
+    return {k: v * 1.01 if v.is_floating_point() else v for k, v in weights.items()}
+
+
 def test_refuses_another_model(client, filled, make_checkpoint):
-    other = make_checkpoint(
-        "other",
-        edit_weights=lambda w: {k: v * 1.01 if v.is_floating_point() else v for k, v in w.items()},
-    )
+    other = make_checkpoint("other", edit_weights=_perturbed)
     with pytest.raises(ContextMismatchError, match="re-embed"):
         open_collection(client, "docs", model=str(other))
+
+
+def test_refuses_a_checkpoint_changed_under_the_collection(client, make_checkpoint, golden):
+    path = make_checkpoint("moving")
+    model = CDEModel.from_pretrained(str(path), device="cpu")
+    create_collection(client, "docs", model=model, corpus=golden["documents"])
+    edited = make_checkpoint("edited", edit_weights=_perturbed)
+    shutil.copyfile(edited / "model.safetensors", path / "model.safetensors")
+    with pytest.raises(ContextMismatchError, match="not the model"):
+        get_model(client.get_collection("docs"))
+    with pytest.raises(ContextMismatchError, match="re-embed"):
+        open_collection(client, "docs")
 
 
 def test_refuses_collections_without_a_cde_context(client, tiny_model):

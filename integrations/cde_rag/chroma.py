@@ -530,7 +530,15 @@ def get_model(collection: Collection) -> CDEModel:
     if isinstance(ef, CDEEmbeddingFunction):
         return ef.model
     config = _cde_config(collection)
-    return shared_model(config["model"], revision=config.get("revision"))
+    model = shared_model(config["model"], revision=config.get("revision"))
+    if config.get("model_fingerprint") not in (None, model.fingerprint):
+        raise ContextMismatchError(
+            f"The checkpoint at {config['model']!r} is not the model collection "
+            f"{collection.name!r} was embedded with (fingerprint {model.fingerprint[:12]}, "
+            f"expected {str(config['model_fingerprint'])[:12]}). Open it with "
+            "cde_rag.chroma.open_collection(client, name, model=<the original checkpoint>)."
+        )
+    return model
 
 
 def langchain_embeddings(collection: Collection, **kwargs: Any) -> CDEEmbeddings:
