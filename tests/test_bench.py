@@ -1,0 +1,119 @@
+"""`cde-rag bench` runs end to end on the tiny checkpoint and reports every figure; its
+checkpoint builder and text builder do what they promise. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cde_rag import CDEModel
+from cde_rag.bench import build_checkpoint, texts_of_lengths
+
+MODES = ("baseline", "exact", "fast")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cde_rag.cli", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_report(tiny_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    done = _cli("--quick", "--model", tiny_path, "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.read_text()), done.stdout
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_quick_bench_writes_every_figure_with_ratios(quick_report):
+    report, _ = quick_report
+    for block in ("first_stage", "second_stage"):
+        figures = report[block]
+        assert all(_positive(figures["docs_per_s"][mode]) for mode in MODES)
+        assert all(_positive(figures["cpu_seconds"][mode]) for mode in MODES)
+        for mode in ("exact", "fast"):
+            ratio = figures["ratio_vs_baseline"][mode]
+            expected = figures["docs_per_s"][mode] / figures["docs_per_s"]["baseline"]
+            assert ratio == pytest.approx(expected, rel=1e-2)
+            assert _positive(figures["cpu_ratio_vs_baseline"][mode])
+    latency = report["query_latency"]
+    for mode in MODES:
+        assert 0 < latency[mode]["p50_s"] <= latency[mode]["p95_s"]
+    assert set(latency["ratio_vs_baseline"]) == {"exact", "fast"}
+    assert report["settings"]["docs"] == 8 and report["settings"]["queries"] == 3
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    assert report["model"]["corpus_size"] == 32 and report["model"]["random_weights"] is False
+
+
+def test_quick_bench_outputs_agree_across_modes(quick_report):
+    accuracy = quick_report[0]["accuracy"]
+    # The engine's exact mode computes what the model card's code computes.
+    assert accuracy["exact_vs_baseline_max_abs"] < 1e-4
+    assert accuracy["exact_vs_baseline_first_stage_max_abs"] < 1e-4
+    assert accuracy["fast_vs_exact_min_cosine"] >= 0.999
+    assert accuracy["fast_vs_exact_first_stage_min_cosine"] >= 0.999
+
+
+def test_quick_bench_reports_caches_and_memory(quick_report):
+    report, stdout = quick_report
+    caches = report["caches"]
+    assert caches["refit_identical"] is True and caches["context_hits"] >= 1
+    assert caches["embedding_cache"]["hits"] == caches["embedding_cache"]["misses"] > 0
+    memory = report["memory"]
+    assert memory["end"]["peak_rss_mb"] >= memory["exact_model_loaded"]["rss_mb"] > 0
+    assert "| Second stage, mixed lengths (docs/s) |" in stdout and "Machine:" in stdout
+
+
+def test_bad_sizes_are_one_line_errors(tiny_path):
+    done = _cli("--quick", "--model", tiny_path, "--docs", "0")
+    assert done.returncode == 1
+    assert "--docs must be at least 1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_built_checkpoint_loads_and_is_reused(tmp_path, golden):
+    sizes = {
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "intermediate_size": 48,
+        "num_attention_heads": 2,
+        "local_attention": 8,
+        "vocab_size": 700,
+        "max_position_embeddings": 1024,
+        "corpus_size": 16,
+    }
+    folder = build_checkpoint(tmp_path / "built", sizes=sizes)
+    weights = folder / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert build_checkpoint(tmp_path / "built", sizes=sizes) == folder
+    assert weights.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    model = CDEModel.from_pretrained(folder, device="cpu")
+    assert model.corpus_size == 16 and model.dim == 32
+    assert model.second_stage.backbone.config.num_hidden_layers == 4
+    ctx = model.fit_context(golden["documents"] + golden["minicorpus"])
+    out = model.embed_documents(golden["documents"][:3], context=ctx)
+    assert out.shape == (3, 32) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    build_checkpoint(tmp_path / "built", sizes={**sizes, "corpus_size": 8})
+    assert CDEModel.from_pretrained(folder, device="cpu").corpus_size == 8  # new sizes: rebuilt
+
+
+def test_texts_are_built_to_token_counts(tiny_model):
+    lengths = [16, 40, 100, 300, 512]
+    texts = texts_of_lengths(tiny_model, lengths)
+    counts = tiny_model.count_tokens(texts)
+    assert counts[-1] == 512
+    for want, got in zip(lengths[:-1], counts[:-1], strict=True):
+        assert want - 4 <= got <= want  # a word boundary may leave a few tokens short
+    assert len(set(texts)) == len(texts)
