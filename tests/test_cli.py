@@ -117,7 +117,7 @@ def check_query_json(result: subprocess.CompletedProcess[str], ids: set[str]) ->
 
 
 @pytest.mark.slow
-def test_index_then_query_in_new_processes_local_db(tmp_path, docs, tiny_path):
+def test_index_then_query_in_new_processes_local_db(tmp_path, docs, tiny_path, capsys):
     db = tmp_path / "chroma"
     ids = expected_ids(docs)
     index = cli(
@@ -135,9 +135,12 @@ def test_index_then_query_in_new_processes_local_db(tmp_path, docs, tiny_path):
         "query", "when do rivers flood", "-c", "notes", "--db", str(db), "-k", "3", "--json"
     )
     check_query_json(query, ids)
-    plain = cli("query", "mortgage interest", "-c", "notes", "--db", str(db), "-k", "2")
-    assert plain.returncode == 0, plain.stderr
-    assert plain.stdout.startswith("[1] ") and "\n[2] " in plain.stdout
+
+    code, out, err = run_main(
+        capsys, "query", "mortgage interest", "-c", "notes", "--db", str(db), "-k", "2"
+    )
+    assert code == 0, err
+    assert out.startswith("[1] ") and "\n[2] " in out and "\n[3] " not in out
 
 
 @pytest.mark.slow
