@@ -208,6 +208,8 @@ def test_compare_ranks_the_same_chunks_with_and_without_context(index, files):
 def test_questions_before_indexing_and_empty_questions(index):
     answer = index.answer("anything?")
     assert answer.sources == [] and "Nothing is indexed yet" in answer.text
+    with index.lock:  # what a question sees while the first indexing runs
+        assert "being built or re-embedded" in index.answer("anything?").text
     with pytest.raises(ValueError, match="Type a question"):
         index.answer("   ")
     with pytest.raises(ValueError, match="index some files"):
@@ -380,6 +382,13 @@ def test_running_app_serves_nothing_outside_its_folders(index, files, capsys):
             assert sqlite.is_file()
             for path in (sqlite, Path("/etc/passwd"), ROOT / "pyproject.toml"):
                 assert http.get(f"/gradio_api/file={path}").status_code in (403, 404)
+            # The API cannot make the server index a file of its own disk, only uploads.
+            before = index.documents()
+            outside = {"path": str(ROOT / "README.md"), "meta": {"_type": "gradio.FileData"}}
+            call = http.post("/gradio_api/call/on_index", json={"data": [[outside]]})
+            events = http.get(f"/gradio_api/call/on_index/{call.json()['event_id']}").text
+            assert "event: error" in events and "not uploaded by a user" in events
+            assert index.documents() == before
     finally:
         demo.close()
 

@@ -278,11 +278,14 @@ class DemoIndex:
             raise ValueError("Type a question first.")
         sources = self.search(question, k)
         if not sources:
-            return Answer(
-                "Nothing is indexed yet: upload documents on the left and press Index.",
-                [],
-                "none",
+            busy = self.lock.locked()  # a first indexing or a re-fit swapping the collection
+            text = (
+                "The index is being built or re-embedded right now; ask again when the status "
+                "box says it is done."
+                if busy
+                else "Nothing is indexed yet: upload documents on the left and press Index."
             )
+            return Answer(text, [], "none")
         if self.llm is None:
             return Answer(extractive_answer(question, sources), sources, "extractive")
         try:
