@@ -205,6 +205,19 @@ def test_compare_ranks_the_same_chunks_with_and_without_context(index, files):
         index.compare("  ")
 
 
+def test_compare_on_a_large_collection_ranks_the_best_candidates(index, files, monkeypatch):
+    import cde_rag.demo_app as demo_app
+
+    index.index_files(files)
+    monkeypatch.setattr(demo_app, "COMPARE_ALL_UP_TO", 2)
+    monkeypatch.setattr(demo_app, "COMPARE_CANDIDATES", 3)
+    assert index.collection().count() > 3
+    result = index.compare("Where does the Seine flow?", k=2)
+    assert not result.whole_collection and result.pool == 3
+    ranked = [f"{s.source} #{s.chunk}" for s in index.search("Where does the Seine flow?", k=2)]
+    assert [r[1] for r in result.rows] == ranked
+
+
 def test_questions_before_indexing_and_empty_questions(index):
     answer = index.answer("anything?")
     assert answer.sources == [] and "Nothing is indexed yet" in answer.text
