@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from ..errors import CDEError
 
@@ -33,14 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"{__name__}.{name}")
-        sub = commands.add_parser(
-            name,
-            help=module.HELP,
-            description=(module.__doc__ or module.HELP).strip().splitlines()[0],
-        )
+        sub = commands.add_parser(name, help=module.HELP, description=_description(module))
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
     return parser
+
+
+def _description(module: ModuleType) -> str:
+    """`--help` text: the one-line HELP, then the module docstring after its title line."""
+    _, _, details = (module.__doc__ or "").strip().partition("\n")
+    summary = module.HELP[:1].upper() + module.HELP[1:] + "."
+    return f"{summary} {details.strip()}".strip()
 
 
 def _is_user_error(exc: BaseException) -> bool:

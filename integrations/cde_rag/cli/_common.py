@@ -30,8 +30,8 @@ def add_model_arguments(
         metavar="ID_OR_PATH",
         help=f"hub id or local checkpoint folder (default: {default})"
         if default
-        else "hub id or local checkpoint folder (default: the collection's model; "
-        f"{DEFAULT_MODEL} for a new collection)",
+        else "hub id or local checkpoint folder (default: the one the collection was indexed "
+        f"with; {DEFAULT_MODEL} when `index` creates the collection)",
     )
     group.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     group.add_argument(
