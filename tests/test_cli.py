@@ -252,6 +252,10 @@ def test_context_fit_show_save_and_collection(tmp_path, docs, tiny_path, capsys)
             ["query", "x", "-c", "fine", "--chroma-url", "http://127.0.0.1:9"],
             "cannot reach the Chroma server",
         ),
+        (
+            ["index", "{tmp}", "-c", "fine", "--db", "{tmp}/db", "--cache", "{tmp}"],
+            "as an embedding cache",
+        ),
         (["query", "  ", "-c", "fine", "--db", "{tmp}"], "The query is empty"),
         (["query", "x", "-c", "fine", "--db", "{tmp}", "-k", "0"], "k must be a positive integer"),
         (["context", "show", "{tmp}/file.txt"], "not a readable cde-rag context"),

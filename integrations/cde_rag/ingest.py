@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from .cache import EmbeddingCache
 from .context import DEFAULT_SEED
 from .documents import (
     DEFAULT_CHUNK_OVERLAP,
@@ -177,6 +178,8 @@ def index_documents(
     from . import chroma
 
     check_collection_name(collection)
+    # Opened first, so an unusable cache path fails before any fitting.
+    cache = EmbeddingCache(embedding_cache) if embedding_cache is not None else None
     # index_paths passes its own reporter on, so its bars and hooks carry over.
     report = progress if isinstance(progress, _Reporter) else _Reporter(progress, show_progress)
     try:
@@ -189,8 +192,8 @@ def index_documents(
         store, new = _open_or_create(
             client, collection, chunks, chunking, model, seed, device, dtype, show_progress, report
         )
-        if embedding_cache is not None:
-            chroma.get_model(store).use_embedding_cache(embedding_cache)
+        if cache is not None:
+            chroma.get_model(store).use_embedding_cache(cache)
         added = chroma.add_documents(
             store,
             [c.text for c in chunks],
