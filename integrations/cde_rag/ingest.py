@@ -46,8 +46,9 @@ _CHUNK_OVERLAP_KEY = "cde_rag_chunk_overlap"
 # Chroma's rule for names, minus room for the suffix of the collection that holds the context.
 _MAX_NAME = 512 - len("-cde-context-0123456789abcdef")
 _COLLECTION_NAME = re.compile(rf"[a-zA-Z0-9](?:[a-zA-Z0-9._-]{{1,{_MAX_NAME - 2}}})[a-zA-Z0-9]")
-# Test hook: seconds to pause after each "context" and "store" progress step, so a crash test
-# can kill the process at known points (before the fit, between stored batches). Unset in use.
+# Test hook: "SECONDS" pauses after each "context" and "store" progress step, "store:SECONDS"
+# after store steps only, so a crash test can kill the process at known points (before the
+# fit, between stored batches). Unset in normal use.
 STEP_DELAY_ENV = "CDE_RAG_TEST_STEP_DELAY"
 
 
@@ -290,8 +291,9 @@ class _Reporter:
         self.show = show is not False and callback is None
         self.bar: Any = None
         self.phase = ""
-        delay = os.environ.get(STEP_DELAY_ENV)
+        phases, _, delay = os.environ.get(STEP_DELAY_ENV, "").rpartition(":")
         self.delay = float(delay) if delay else 0.0
+        self.delay_phases = (phases,) if phases else ("context", "store")
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if self.callback is not None:
@@ -304,7 +306,7 @@ class _Reporter:
             self.bar.total = total
             self.bar.n = done
             self.bar.refresh()
-        if self.delay and phase in ("context", "store"):
+        if self.delay and phase in self.delay_phases:
             time.sleep(self.delay)
 
     def close(self) -> None:
