@@ -174,10 +174,12 @@ class CardBaseline:
 
         from .modeling import masked_mean
 
-        ids, mask = encoded["input_ids"][start:stop], encoded["attention_mask"][start:stop]
+        device = self.model.device
+        ids = encoded["input_ids"][start:stop].to(device)
+        mask = encoded["attention_mask"][start:stop].to(device)
         with torch.inference_mode():
             hidden = stage.embedder(input_ids=ids, attention_mask=mask).last_hidden_state
-            return stage.mlp(masked_mean(hidden, mask)).numpy()
+            return stage.mlp(masked_mean(hidden, mask)).cpu().numpy()
 
     def embed(self, encoded, context, start: int, stop: int) -> np.ndarray:
         """Second-stage embeddings of rows start:stop of a padded `encoded` list."""
@@ -192,13 +194,15 @@ class CardBaseline:
             for row, row_mask in zip(ids, mask, strict=True)
         ]
         positions = torch.arange(ids.shape[1])[None, :]
-        pool = mask * (positions >= torch.tensor(starts)[:, None])
+        device = self.model.device
+        pool = (mask * (positions >= torch.tensor(starts)[:, None])).to(device)
+        ids, mask = ids.to(device), mask.to(device)
         with torch.inference_mode():
-            prefix = stage.prefix(torch.tensor(context.embeddings))
+            prefix = stage.prefix(torch.tensor(context.embeddings, device=device))
             batch, n_prefix = ids.shape[0], prefix.shape[0]
             tokens = stage.backbone.embeddings(input_ids=ids)
             inputs = torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1), tokens], dim=1)
-            ones = torch.ones(batch, n_prefix, dtype=mask.dtype)
+            ones = torch.ones(batch, n_prefix, dtype=mask.dtype, device=device)
             hidden = stage.backbone(
                 inputs_embeds=inputs, attention_mask=torch.cat([ones, mask], dim=1)
             ).last_hidden_state
@@ -207,7 +211,7 @@ class CardBaseline:
             else:
                 pooled = masked_mean(hidden, torch.cat([ones, pool], dim=1))
             out = stage.output_projection(pooled) + pooled
-            return (out / out.norm(dim=-1, keepdim=True)).numpy()
+            return (out / out.norm(dim=-1, keepdim=True)).cpu().numpy()
 
 
 # -- measuring -----------------------------------------------------------------------------------
