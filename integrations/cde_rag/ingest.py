@@ -302,7 +302,10 @@ class _Reporter:
             if phase != self.phase:
                 self.close()
                 self.phase = phase
-                self.bar = tqdm(total=total, desc=_LABELS[phase], unit=_UNITS[phase])
+                desc = _LABELS[phase]
+                if phase == "store" and done:  # a resumed run: say what it skips
+                    desc += f" ({done} already stored)"
+                self.bar = tqdm(total=total, initial=done, desc=desc, unit=_UNITS[phase])
             self.bar.total = total
             self.bar.n = done
             self.bar.refresh()
