@@ -43,9 +43,8 @@ PHASES = ("load", "chunk", "context", "store")
 # Collection metadata recording how its files were chunked.
 _CHUNK_SIZE_KEY = "cde_rag_chunk_size"
 _CHUNK_OVERLAP_KEY = "cde_rag_chunk_overlap"
-# Chroma's rule for names, minus room for the suffix of the collection that holds the context.
-_MAX_NAME = 512 - len("-cde-context-0123456789abcdef")
-_COLLECTION_NAME = re.compile(rf"[a-zA-Z0-9](?:[a-zA-Z0-9._-]{{1,{_MAX_NAME - 2}}})[a-zA-Z0-9]")
+# Chroma's rule for the characters of a name (cde_rag.chroma limits the length).
+_COLLECTION_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]*[a-zA-Z0-9]")
 # Test hook: "SECONDS" pauses after each "context" and "store" progress step, "store:SECONDS"
 # after store steps only, so a crash test can kill the process at known points (before the
 # fit, between stored batches). Unset in normal use.
@@ -219,10 +218,16 @@ def index_documents(
 
 def check_collection_name(name: str) -> str:
     """Refuse a name Chroma would refuse, before any file is read or context fitted."""
-    if not isinstance(name, str) or not _COLLECTION_NAME.fullmatch(name):
+    from .chroma import MAX_NAME_LENGTH
+
+    if (
+        not isinstance(name, str)
+        or not 3 <= len(name) <= MAX_NAME_LENGTH
+        or not _COLLECTION_NAME.fullmatch(name)
+    ):
         raise ValueError(
-            f"Invalid collection name {name!r}: use 3-{_MAX_NAME} characters from a-z, A-Z, "
-            "0-9, '.', '_' and '-', starting and ending with a letter or digit."
+            f"Invalid collection name {name!r}: use 3-{MAX_NAME_LENGTH} characters from a-z, "
+            "A-Z, 0-9, '.', '_' and '-', starting and ending with a letter or digit."
         )
     return name
 
