@@ -25,13 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes: a smoke run that takes seconds"
     )
-    parser.add_argument("--docs", type=int, help="second-stage documents (default 64)")
+    parser.add_argument("--docs", type=int, help="second-stage documents (default 32)")
     parser.add_argument("--min-tokens", type=int, help="shortest document, tokens (default 32)")
     parser.add_argument("--max-tokens", type=int, help="longest document, tokens (default 512)")
-    parser.add_argument("--minicorpus", type=int, help="first-stage documents timed (default 64)")
-    parser.add_argument("--queries", type=int, help="single queries timed (default 16)")
+    parser.add_argument("--minicorpus", type=int, help="first-stage documents timed (default 32)")
+    parser.add_argument("--queries", type=int, help="single queries timed (default 12)")
     parser.add_argument(
-        "--baseline-batch-size", type=int, help="the card's fixed batch size (default 32)"
+        "--baseline-batch-size", type=int, help="the card's fixed batch size (default 8)"
     )
     parser.add_argument(
         "--batch-size", type=int, help="the engine's batch size (default: the model's)"
