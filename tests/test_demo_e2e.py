@@ -2,7 +2,8 @@
 
 Two browser sessions share one index: session A uploads two files, indexes them, asks, and
 sees an answer with citations and the sources; session B sees the same index, asks its own
-question without touching A's chat, and gets a clear reason for a hostile binary upload.
+question without touching A's chat, gets a clear reason for a hostile binary upload, and is
+answered while A indexes another file.
 The page may not reach anything but the demo's own address.
 """
 
@@ -59,8 +60,9 @@ def demo_url(tiny_path, tmp_path_factory):
         **os.environ,
         "GRADIO_TEMP_DIR": str(tmp / "uploads"),
         "HF_HUB_OFFLINE": "1",
-        # ingest's test hook: pause 0.3 s per progress step, so the progress bar can be seen.
-        "CDE_RAG_TEST_STEP_DELAY": "0.3",
+        # ingest's test hook: pause 2 s per progress step, so the progress bar can be seen
+        # and a question can be asked while indexing runs.
+        "CDE_RAG_TEST_STEP_DELAY": "2.0",
     }
     for name in ("CDE_RAG_LLM_BASE_URL", "CDE_RAG_LLM_MODEL", "CDE_RAG_LLM_API_KEY"):
         env.pop(name, None)
@@ -125,15 +127,18 @@ def open_session(browser, url: str, outside: list[str]):
     page.goto(url)
     page.wait_for_function(
         "document.querySelector('#status') && document.querySelector('#status').innerText"
-        ".match(/Nothing indexed yet|Indexed:/)"
+        ".match(/Nothing indexed yet|Indexed:/)",
+        polling=100,
     )
     return page
 
 
 def wait_for_text(page, selector: str, text: str) -> str:
+    # Poll on a timer: the default (animation frames) stalls in a page that is not in front.
     page.wait_for_function(
         "([s, t]) => document.querySelector(s) && document.querySelector(s).innerText.includes(t)",
         arg=[selector, text],
+        polling=100,
     )
     return page.inner_text(selector)
 
@@ -149,7 +154,9 @@ def ask(page, question: str) -> str:
     page.fill("#question textarea", question)
     page.press("#question textarea", "Enter")
     page.wait_for_function(
-        "n => document.querySelectorAll('#chatbot .message').length >= n + 2", arg=before
+        "n => document.querySelectorAll('#chatbot .message').length >= n + 2",
+        arg=before,
+        polling=100,
     )
     return wait_for_text(page, "#chatbot", "[1]")
 
@@ -204,6 +211,14 @@ def test_upload_index_ask_in_two_sessions(demo_url, browser, tmp_path):
     assert "binary data" in status and "onerror=alert(1)" in status
     assert b.locator("#status img").count() == 0
     assert "Indexed: 2 files" in status  # nothing already stored was lost
+
+    # Session A indexes a third file; session B's question is answered meanwhile.
+    upload(a, [ROOT / "demo" / "samples" / "tea-shop.html"])
+    a.click("#index")
+    wait_for_text(a, "#status", "Embedding and storing chunks")
+    ask(b, "When is the shop open?")
+    assert "Indexed: 3 files" not in a.inner_text("#status")  # A's indexing still running
+    wait_for_text(a, "#status", "Indexed: 3 files")
 
     assert outside == []
     a.context.close()
