@@ -1,6 +1,14 @@
-"""cde-rag: contextual document embeddings (jxm/cde-small-v2) for RAG applications."""
+"""cde-rag: contextual document embeddings (jxm/cde-small-v2) for RAG applications.
 
-from .context import CorpusContext, sample_minicorpus
+The engine (torch, transformers) is imported on first use, so `import cde_rag.errors`, the CLI's
+`--help` and its early error messages stay fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CDEError,
     CheckpointError,
@@ -9,10 +17,33 @@ from .errors import (
     InputError,
     NotFittedError,
 )
-from .model import CDEModel, shared_model
-from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
+
+if TYPE_CHECKING:
+    from .cache import EmbeddingCache
+    from .context import CorpusContext, sample_minicorpus
+    from .model import CDEModel, shared_model
+    from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "CDEModel": ".model",
+    "shared_model": ".model",
+    "CorpusContext": ".context",
+    "sample_minicorpus": ".context",
+    "EmbeddingCache": ".cache",
+    "DOCUMENT_PREFIX": ".tokenization",
+    "QUERY_PREFIX": ".tokenization",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cde_rag' has no attribute {name!r}")
+
 
 __all__ = [
     "DOCUMENT_PREFIX",
@@ -23,6 +54,7 @@ __all__ = [
     "ContextError",
     "ContextMismatchError",
     "CorpusContext",
+    "EmbeddingCache",
     "InputError",
     "NotFittedError",
     "__version__",
