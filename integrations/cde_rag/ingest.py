@@ -192,17 +192,26 @@ def index_documents(
         store, new = _open_or_create(
             client, collection, chunks, chunking, model, seed, device, dtype, show_progress, report
         )
+        # The model is shared process-wide: lend it the cache for this run only.
+        store_model = chroma.get_model(store)
+        previous = store_model.embedding_cache
         if cache is not None:
-            chroma.get_model(store).use_embedding_cache(cache)
-        added = chroma.add_documents(
-            store,
-            [c.text for c in chunks],
-            ids=[c.id for c in chunks],
-            metadatas=[c.metadata for c in chunks],
-            batch_size=batch_size,
-            show_progress=False,
-            progress=lambda done, total: report("store", done + len(chunks) - total, len(chunks)),
-        )
+            store_model.use_embedding_cache(cache)
+        try:
+            added = chroma.add_documents(
+                store,
+                [c.text for c in chunks],
+                ids=[c.id for c in chunks],
+                metadatas=[c.metadata for c in chunks],
+                batch_size=batch_size,
+                show_progress=False,
+                progress=lambda done, total: report(
+                    "store", done + len(chunks) - total, len(chunks)
+                ),
+            )
+        finally:
+            if cache is not None:
+                store_model.use_embedding_cache(previous)
     finally:
         report.close()
     return IndexReport(
