@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._files import write_atomic
 from .errors import ContextError
 
 ContextKind = Literal["fitted", "explicit", "fallback", "embeddings"]
@@ -206,21 +206,7 @@ class CorpusContext:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically: readers see the old file or the new one, never half of one."""
-        target = Path(path).expanduser()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = self.to_bytes()
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
-        return target
+        return write_atomic(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CorpusContext:
@@ -237,16 +223,3 @@ class CorpusContext:
                 f"{source} is a folder; pass the context file saved by ctx.save()."
             ) from None
         return cls.from_bytes(data, source=str(source))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
