@@ -57,16 +57,26 @@ def test_long_document_is_truncated_to_512_tokens(tiny_model, tiny_context, gold
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    ("overrides", "backbone"),
     [
-        {"pool_ignore_instruction_tokens": True},
-        {"pool_ignore_contextual_tokens": False},
-        {"limit_layers": 2, "limit_layers_first_stage": 3},
+        ({"pool_ignore_instruction_tokens": True}, {"local_attention": 8}),
+        ({"pool_ignore_contextual_tokens": False}, {"local_attention": 8}),
+        ({"limit_layers": 2, "limit_layers_first_stage": 3}, {"local_attention": 8}),
+        (
+            {"pool_ignore_instruction_tokens": True},
+            {
+                "num_attention_heads": 8,
+                "global_attn_every_n_layers": 2,
+                "local_attention": 6,
+                "global_rope_theta": 80000.0,
+                "local_rope_theta": 500.0,
+            },
+        ),
     ],
-    ids=["ignore-instruction", "pool-context", "limit-layers"],
+    ids=["ignore-instruction", "pool-context", "limit-layers", "other-heads-window-rope"],
 )
-def test_config_variants_follow_the_spec(make_checkpoint, golden, overrides):
-    folder = make_checkpoint(config=overrides, backbone_config={"local_attention": 8})
+def test_config_variants_follow_the_spec(make_checkpoint, golden, overrides, backbone):
+    folder = make_checkpoint(config=overrides, backbone_config=backbone)
     model = CDEModel.from_pretrained(folder, device="cpu")
     reference = SpecReference(folder)
     ctx = model.context(golden["minicorpus"], batch_size=5)
