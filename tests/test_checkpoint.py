@@ -13,7 +13,8 @@ import pytest
 
 from cde_rag import CDEModel, CheckpointError
 
-BACKBONE_ID = "answerdotai/ModernBERT-base"
+HUB_ID = "jxm/cde-small-v2"
+BACKBONE_ID = "answerdotai/ModernBERT-base"  # the real backbone id, served from the cache
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -40,7 +41,7 @@ def hub_cache(tmp_path, tiny_path) -> Path:
     config["embedder"] = BACKBONE_ID
     _cache_repo(
         cache,
-        "jxm/cde-small-v2",
+        HUB_ID,
         {
             "config.json": json.dumps(config),
             "model.safetensors": tiny / "model.safetensors",
@@ -51,33 +52,50 @@ def hub_cache(tmp_path, tiny_path) -> Path:
     return cache
 
 
-def _run_offline(cache: Path, code: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+# Runs in a fresh interpreter, so HF_HUB_OFFLINE and HF_HUB_CACHE apply from the start.
+LOAD_FROM_HUB = """
+import json, sys
+import numpy as np
+from cde_rag import CDEModel
+golden = json.load(open(sys.argv[2]))
+m = CDEModel.from_pretrained(sys.argv[1], device="cpu")
+ctx = m.context(golden["minicorpus"])
+print(json.dumps({
+    "name": m.name,
+    "context_error": float(np.abs(ctx.embeddings - np.array(golden["dataset_embeddings"])).max()),
+    "query_error": float(np.abs(
+        m.embed_queries(golden["queries"], context=ctx) - np.array(golden["query_embeddings"])
+    ).max()),
+    "fallback": m.fallback_context().minicorpus[0],
+}))
+"""
 
 
-def test_hub_id_loads_offline_from_the_cache(hub_cache, tiny_context, golden):
-    code = (
-        "import json, sys; from cde_rag import CDEModel\n"
-        "m = CDEModel.from_pretrained('jxm/cde-small-v2', device='cpu')\n"
-        "mini = json.load(open(sys.argv[0] if False else %r))['minicorpus']\n"
-        "ctx = m.context(mini)\n"
-        "print(json.dumps({'fp': ctx.fingerprint, 'model_fp': m.fingerprint, "
-        "'fallback': m.fallback_context().minicorpus[0], 'q': m.embed_queries(['?'], context=ctx)[0].tolist()}))"
-    ) % str(Path(__file__).parent / "fixtures" / "tiny-cde-v2" / "expected.json")
-    result = _run_offline(hub_cache, code)
+def test_hub_id_loads_offline_from_the_cache(hub_cache, tiny_path):
+    expected = str(Path(tiny_path) / "expected.json")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache)}
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_FROM_HUB, HUB_ID, expected],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    # Same weights as the local fixture, so the same model and context fingerprints.
-    assert out["model_fp"] != ""
+    assert out["name"] == HUB_ID
+    # The cached snapshot holds the golden weights and the backbone came from its own repo id.
+    assert out["context_error"] < 1e-4 and out["query_error"] < 1e-4
     assert out["fallback"].startswith("hub random")  # random_strings.txt came from the cache
-    assert max(abs(a - b) for a, b in zip(out["q"], golden["query_embeddings"][-1])) < 1e-4
 
 
 def test_hub_id_missing_from_cache_fails_fast_with_the_remedy(tmp_path):
-    result = _run_offline(
-        tmp_path,
-        "from cde_rag import CDEModel; CDEModel.from_pretrained('jxm/not-cached-model')",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
+    code = "import sys; from cde_rag import CDEModel; CDEModel.from_pretrained(sys.argv[1])"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "jxm/not-cached-model"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
     assert "CheckpointError" in result.stderr and "local checkpoint folder" in result.stderr
