@@ -203,6 +203,8 @@ def test_unusable_cache_paths_are_clear_errors(tiny_model, tmp_path):
     not_sqlite.write_text("not a database " * 100)
     with pytest.raises(CDEError, match="None to turn the cache off"):
         EmbeddingCache(not_sqlite)
+    with pytest.raises(CDEError, match="Not a directory"):  # a folder that cannot be made
+        EmbeddingCache(not_sqlite / "sub" / "cache.sqlite")
     assert tiny_model.embedding_cache is None
     meta = json.dumps(tiny_model.cache_stats)
     assert "embedding_hits" in meta

@@ -132,7 +132,7 @@ class EmbeddingCache:
                 "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
             )
             (version,) = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise CDEError(
                 f"Cannot use {self.path} as an embedding cache ({exc}). Pass a writable file "
                 "path (it is created if missing), or None to turn the cache off."
