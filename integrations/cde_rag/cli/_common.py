@@ -18,6 +18,22 @@ DB_ENV = "CDE_RAG_DB"
 CHROMA_URL_ENV = "CDE_RAG_CHROMA_URL"
 
 
+def port(value: str) -> int:
+    """An argparse type: a TCP port."""
+    number = int(value)
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {number}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {number}")
+    return number
+
+
 def add_model_arguments(
     parser: argparse.ArgumentParser, *, default: str | None = DEFAULT_MODEL
 ) -> None:

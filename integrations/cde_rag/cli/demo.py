@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_arguments, load_model
+from ..documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
+from ._common import add_model_arguments, load_model, port, positive_int
 
 HELP = "start the Gradio demo: upload files, chat with cited sources, inspect the context"
-
-
-def _port(value: str) -> int:
-    port = int(value)
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {port}")
-    return port
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {number}")
-    return number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,24 +32,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sample documents offered by a 'Try' button (default: demo/samples of a source "
         "checkout, if there is one)",
     )
-    parser.add_argument("--port", type=_port, default=7860, help="TCP port (default 7860)")
+    parser.add_argument("--port", type=port, default=7860, help="TCP port (default 7860)")
     parser.add_argument(
         "--max-upload-mb",
-        type=_positive,
+        type=positive_int,
         default=20,
         help="largest file accepted for upload, in MB (default 20)",
     )
     parser.add_argument(
-        "--top-k", type=_positive, default=4, help="chunks retrieved per question (default 4)"
+        "--top-k", type=positive_int, default=4, help="chunks retrieved per question (default 4)"
     )
     parser.add_argument(
-        "--chunk-size", type=_positive, default=1000, help="characters per chunk (default 1000)"
+        "--chunk-size",
+        type=positive_int,
+        default=DEFAULT_CHUNK_SIZE,
+        help=f"characters per chunk (default {DEFAULT_CHUNK_SIZE})",
     )
     parser.add_argument(
         "--chunk-overlap",
         type=int,
-        default=150,
-        help="characters shared by neighbouring chunks (default 150)",
+        default=DEFAULT_CHUNK_OVERLAP,
+        help=f"characters shared by neighbouring chunks (default {DEFAULT_CHUNK_OVERLAP})",
     )
     parser.add_argument(
         "--seed", type=int, default=42, help="seed for sampling the context (default 42)"

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
 from ._common import add_model_arguments, add_store_arguments, describe_store, open_client
 
 HELP = "index files and folders (txt, md, pdf, html) into a Chroma collection"
@@ -25,13 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, default=None)
     group = parser.add_argument_group("chunking and context")
     group.add_argument(
-        "--chunk-size", type=int, default=1000, help="most characters per chunk (default 1000)"
+        "--chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_SIZE,
+        help=f"most characters per chunk (default {DEFAULT_CHUNK_SIZE})",
     )
     group.add_argument(
         "--chunk-overlap",
         type=int,
-        default=150,
-        help="characters shared by neighbouring chunks (default 150)",
+        default=DEFAULT_CHUNK_OVERLAP,
+        help=f"characters shared by neighbouring chunks (default {DEFAULT_CHUNK_OVERLAP})",
     )
     group.add_argument(
         "--seed",

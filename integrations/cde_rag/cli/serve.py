@@ -5,16 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._common import add_model_arguments, load_model
+from ._common import add_model_arguments, load_model, port
 
 HELP = "serve an OpenAI-compatible embeddings API (/v1/embeddings) with corpus contexts"
-
-
-def _port(value: str) -> int:
-    port = int(value)
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {port}")
-    return port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)",
     )
-    parser.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--port", type=port, default=8000, help="TCP port (default 8000)")
     parser.add_argument(
         "--api-key",
         default=None,
