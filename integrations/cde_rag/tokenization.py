@@ -44,10 +44,10 @@ class TextEncoder:
         self._backend = backend
         self._backend.no_truncation()
         self._backend.no_padding()
-        ids = {name: getattr(wrapper, f"{name}_token_id") for name in ("cls", "sep", "pad")}
-        if None in ids.values():
-            raise CheckpointError(f"The tokenizer in {backbone_dir} lacks [CLS], [SEP] or [PAD].")
-        self.cls_id, self.sep_id, self.pad_id = ids["cls"], ids["sep"], ids["pad"]
+        # Batches are packed, never padded: only the two special tokens of each text matter.
+        self.cls_id, self.sep_id = wrapper.cls_token_id, wrapper.sep_token_id
+        if self.cls_id is None or self.sep_id is None:
+            raise CheckpointError(f"The tokenizer in {backbone_dir} lacks [CLS] or [SEP].")
         self.max_length = max_length
         colon = self._backend.encode(": ", add_special_tokens=False).ids
         self.colon_id = colon[0] if colon else None
