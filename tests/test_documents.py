@@ -373,3 +373,16 @@ def test_any_bytes_load_cleanly_or_give_a_reason(data, suffix):
     assert doc.text.strip() == doc.text and doc.text
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]", doc.text)
     doc.text.encode("utf-8")  # no lone surrogates: storable anywhere
+
+
+@pytest.mark.parametrize(
+    ("text", "size", "overlap"),
+    [("0000", 2, 1), ("00000", 3, 2), ("000 000", 2, 1), ("aaaa bbbb", 2, 1)],
+)
+def test_offsets_in_repetitive_text_fit_together(text, size, overlap):
+    # Found by hypothesis: the latest match of a piece can leave no room for the next one.
+    chunks = chunk_documents([Document(text, "src", {})], chunk_size=size, chunk_overlap=overlap)
+    starts = [c.metadata["start_index"] for c in chunks]
+    assert starts == sorted(starts)
+    for chunk, start in zip(chunks, starts):
+        assert text[start : start + len(chunk.text)] == chunk.text

@@ -15,6 +15,7 @@ import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -412,22 +413,47 @@ def _offsets(text: str, pieces: Sequence[str], overlap: int) -> list[int]:
     """Character offset of each piece in `text`.
 
     The splitter keeps pieces in order, overlaps a piece with the previous one by at most
-    `overlap` characters, and drops nothing but whitespace between them. So a piece starts in
-    the window from `previous end - overlap` to the end of the whitespace after the previous
-    piece; in repetitive text the latest occurrence in that window is the one it came from.
+    `overlap` characters, and drops nothing but whitespace around them. So a piece starts
+    between `previous end - overlap` and the end of the whitespace after the previous piece.
+    In repetitive text a piece can occur several times in that window: keep every candidate
+    reachable from the start, then walk back from a last piece that leaves only whitespace,
+    so the offsets found always fit together (latest candidate first).
     """
-    offsets: list[int] = []
-    prev_start, prev_end = 0, 0
-    for piece in pieces:
-        lower = max(prev_start, prev_end - overlap)
-        content = _NON_SPACE.search(text, prev_end)
-        upper = content.start() if content else len(text)
-        start = text.rfind(piece, lower, upper + len(piece))
-        if start == -1:  # not expected from the splitter; fall back to the next occurrence
-            start = text.find(piece, lower)
-        offsets.append(start)
-        prev_start, prev_end = start, start + len(piece)
-    return offsets
+    if not pieces:
+        return []
+
+    def window(start: int, length: int) -> tuple[int, int]:
+        end = start + length
+        content = _NON_SPACE.search(text, end)
+        return max(start, end - overlap), content.start() if content else len(text)
+
+    def occurrences(piece: str, low: int, high: int) -> list[int]:
+        found, at = [], text.find(piece, low)
+        while at != -1 and at <= high:
+            found.append(at)
+            at = text.find(piece, at + 1)
+        return found
+
+    first = _NON_SPACE.search(text)
+    reachable = [occurrences(pieces[0], 0, first.start() if first else 0)]
+    for previous, piece in pairwise(pieces):
+        starts: set[int] = set()
+        for start in reachable[-1]:
+            starts.update(occurrences(piece, *window(start, len(previous))))
+        reachable.append(sorted(starts))
+    last = pieces[-1]
+    ends_cleanly = [s for s in reachable[-1] if not _NON_SPACE.search(text, s + len(last))]
+    if not ends_cleanly:  # not expected from the splitter: fall back to a forward search
+        offsets, low = [], 0
+        for piece in pieces:
+            low = max(text.find(piece, low), low)
+            offsets.append(low)
+        return offsets
+    offsets = [max(ends_cleanly)]
+    for i in range(len(pieces) - 2, -1, -1):
+        low_high = ((s, window(s, len(pieces[i]))) for s in reachable[i])
+        offsets.append(max(s for s, (low, high) in low_high if low <= offsets[-1] <= high))
+    return offsets[::-1]
 
 
 def check_chunk_sizes(chunk_size: int, chunk_overlap: int) -> None:
