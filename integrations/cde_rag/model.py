@@ -91,7 +91,22 @@ def check_texts(texts: object, what: str = "texts") -> list[str]:
                 f"{what}[{i}] is {type(item).__name__}, not str. Convert or drop non-text items "
                 "before embedding (e.g. LangChain Documents: use doc.page_content)."
             )
+        if not item.isascii():
+            _check_encodable(item, f"{what}[{i}]")
     return items
+
+
+def _check_encodable(text: str, label: str) -> None:
+    """Refuse text that has no UTF-8 form (a lone UTF-16 surrogate such as "\\ud800", which
+    broken JSON escapes or mis-decoded files produce): the tokenizer cannot take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{label} has a lone UTF-16 surrogate (U+{ord(text[exc.start]):04X}) at character "
+            f"{exc.start}, which is not valid Unicode text. Fix the text's decoding, or drop "
+            "the character, e.g. text.encode('utf-8', 'replace').decode('utf-8')."
+        ) from None
 
 
 class CDEModel:
