@@ -114,3 +114,13 @@ def test_context_from_embeddings(tiny_model, tiny_context):
 def test_context_is_immutable(tiny_context):
     with pytest.raises(ValueError):
         tiny_context.embeddings[0, 0] = 1.0
+
+
+def test_huge_finite_rows_are_refused_before_they_make_nan(tiny_model):
+    """3e38 is finite, but the second stage squares it: the context must refuse it up front."""
+    rows = np.ones((tiny_model.corpus_size, tiny_model.dim), dtype=np.float32)
+    fine = tiny_model.context_from_embeddings(rows)
+    assert np.isfinite(tiny_model.embed_documents(["a document"], context=fine)).all()
+    rows[3, 0] = 3e38
+    with pytest.raises(ContextError, match="row 3 has norm 3e.38"):
+        tiny_model.context_from_embeddings(rows)

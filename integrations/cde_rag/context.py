@@ -25,6 +25,10 @@ ContextKind = Literal["fitted", "explicit", "fallback", "embeddings"]
 FORMAT = "cde-rag-context"
 FORMAT_VERSION = "1"
 DEFAULT_SEED = 42
+# First-stage rows are means of layer-normed hidden states, with norms on the order of
+# sqrt(dim). The second stage layer-normalises them again, squaring each value: rows far
+# beyond this bound overflow float32 (and lose all precision in bf16) and come out as NaN.
+MAX_ROW_NORM = 1e4
 
 
 def sample_minicorpus(corpus: Sequence[str], size: int, seed: int = DEFAULT_SEED) -> list[str]:
@@ -76,6 +80,16 @@ class CorpusContext:
             )
         if not np.isfinite(embeddings).all():
             raise ContextError("Context embeddings contain NaN or infinite values.")
+        norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+        if norms.max() > MAX_ROW_NORM:
+            row = int(norms.argmax())
+            raise ContextError(
+                f"Context embeddings row {row} has norm {norms[row]:.3g}, beyond the "
+                f"{MAX_ROW_NORM:g} that first-stage embeddings stay far below; such values "
+                "overflow inside the model and give NaN vectors. Pass the first stage's output "
+                "unchanged "
+                "(model.fit_context or ctx.embeddings), or fit the context again."
+            )
         embeddings.setflags(write=False)
         object.__setattr__(self, "embeddings", embeddings)
         if self.minicorpus is not None:
