@@ -54,7 +54,7 @@ def test_context_show_json_escapes_them_and_still_parses(hostile_context, capsys
 def test_terminal_safe_keeps_ordinary_text_and_round_trips_json():
     text = "Grüße, 東京, emoji 🙂, tab\there"
     assert terminal_safe(text) == "Grüße, 東京, emoji 🙂, tab\\x09here"
-    value = {"k": HOSTILE + [text]}
+    value = {"k": [*HOSTILE, text]}
     dumped = terminal_safe_json(value)
     assert _raw_controls(dumped) == set() and json.loads(dumped) == value
     assert "東京" in dumped

@@ -24,10 +24,11 @@ import warnings
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi import Path as PathParam
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -94,6 +95,9 @@ log = logging.getLogger(__name__)
 
 SERVED_NAME = "cde-small-v2"
 API_KEY_ENV = "CDE_RAG_API_KEY"
+# Examples in the OpenAPI document, so that generated tests reach existing resources too.
+SERVED = {"served": {"value": SERVED_NAME}}
+ContextId = Annotated[str, PathParam(openapi_examples={"default": {"value": DEFAULT_CONTEXT_ID}})]
 
 
 def default_data_dir() -> Path:
@@ -226,7 +230,7 @@ def create_app(
         return {"object": "list", "data": [model_object()]}
 
     @app.get("/v1/models/{name:path}", response_model=ModelInfo, responses=error_responses(404))
-    async def get_model(name: str) -> dict[str, Any]:
+    async def get_model(name: Annotated[str, PathParam(openapi_examples=SERVED)]) -> dict[str, Any]:
         check_model(name)
         return model_object(name)
 
@@ -315,7 +319,7 @@ def create_app(
         response_model=ContextInfo | UnusableContext,
         responses=error_responses(404),
     )
-    async def get_context(context_id: str) -> dict[str, Any]:
+    async def get_context(context_id: ContextId) -> dict[str, Any]:
         if is_default_id(context_id):
             return describe(DEFAULT_CONTEXT_ID, default_context)
         return store.describe(context_id, model_label=label)
@@ -323,7 +327,7 @@ def create_app(
     @app.delete(
         "/v1/contexts/{context_id}", response_model=ContextDeleted, responses=error_responses(404)
     )
-    async def delete_context(context_id: str) -> dict[str, Any]:
+    async def delete_context(context_id: ContextId) -> dict[str, Any]:
         if is_default_id(context_id):
             raise APIError(
                 400,
@@ -340,6 +344,8 @@ def create_app(
             app.openapi_schema = finish_openapi(
                 document,
                 max_inputs=limits.max_inputs,
+                corpus_size=model.corpus_size,
+                dim=model.dim,
                 api_key=bool(api_key),
                 open_paths={"/health"},
             )

@@ -199,20 +199,10 @@ class ContextRequest(RequestBody):
         "omitted: 'ctx-' and 16 characters of the fingerprint.",
     )
     documents: Annotated[
-        Any,
-        WithJsonSchema(
-            {
-                "anyOf": [
-                    _texts_schema("Texts to fit the context on (N are sampled).", None),
-                    {"type": "null"},
-                ]
-            }
-        ),
+        Any, WithJsonSchema(_texts_schema("Texts to fit the context on (N are sampled).", None))
     ] = None
     seed: int = Field(DEFAULT_SEED, ge=0)
-    embeddings: list[list[float]] | None = Field(
-        None, description="N first-stage vectors of the model's width, instead of documents."
-    )
+    embeddings: list[list[float]] | None = None
 
 
 # -- response bodies ---------------------------------------------------------------------------
@@ -352,14 +342,30 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def finish_openapi(
-    document: dict[str, Any], *, max_inputs: int, api_key: bool, open_paths: set[str]
+    document: dict[str, Any],
+    *,
+    max_inputs: int,
+    corpus_size: int,
+    dim: int,
+    api_key: bool,
+    open_paths: set[str],
 ) -> dict[str, Any]:
-    """The server's own limits and auth in the generated document; no 422 (never sent:
-    validation errors are 400s in OpenAI's shape)."""
-    schemas = document.get("components", {}).get("schemas", {})
+    """The server's own limits, model shape and auth in the generated document; no 422
+    (never sent: validation errors are 400s in OpenAI's shape)."""
+    schemas = document["components"]["schemas"]
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     schemas["EmbeddingRequest"]["properties"]["input"]["anyOf"][1]["maxItems"] = max_inputs
+    context_request = schemas["ContextRequest"]
+    context_request["oneOf"] = [{"required": ["documents"]}, {"required": ["embeddings"]}]
+    context_request["properties"]["embeddings"] = {
+        "description": f"{corpus_size} first-stage vectors of {dim} numbers (this model's "
+        "shape), each of norm at most 1e4, instead of documents.",
+        "type": "array",
+        "minItems": corpus_size,
+        "maxItems": corpus_size,
+        "items": {"type": "array", "minItems": dim, "maxItems": dim, "items": {"type": "number"}},
+    }
     if api_key:
         document["components"]["securitySchemes"] = {
             "apiKey": {"type": "http", "scheme": "bearer", "description": "--api-key"}
