@@ -494,3 +494,14 @@ def test_context_store_raises_domain_errors_not_http_ones(tiny_model, tmp_path):
         store.get("../x")
     for err in (missing.value, invalid.value):
         assert not isinstance(err, HTTPException)
+
+
+def test_public_names_of_the_server_module_stay_importable():
+    from cde_rag import server
+
+    for name in server.__all__:
+        assert hasattr(server, name), name
+    assert server.ContextStore is ContextStore
+    with pytest.warns(DeprecationWarning), pytest.raises(server.APIError) as err:
+        server.input_texts(["ok", "  "])
+    assert err.value.status_code == 400 and err.value.param == "input[1]"

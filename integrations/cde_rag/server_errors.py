@@ -49,6 +49,19 @@ class APIError(HTTPException):
         self.code = code
         self.type = type
 
+    def response(self) -> Response:
+        # Client errors are final: tell OpenAI's client not to retry them (it retries 409
+        # otherwise).
+        extra = {"x-should-retry": "false"} if self.status_code < 500 else {}
+        fields = {"message": self.message, "type": self.type, "param": self.param}
+        # ASCII-only JSON: whatever a message quotes, the body is valid UTF-8.
+        return Response(
+            json.dumps({"error": {**fields, "code": self.code}}).encode(),
+            status_code=self.status_code,
+            media_type="application/json",
+            headers={**extra, **(self.headers or {})},
+        )
+
 
 # Domain errors -> (HTTP status, OpenAI-style code). The first class in an error's MRO wins.
 ERROR_STATUS: dict[type[Exception], tuple[int, str | None]] = {
@@ -64,25 +77,9 @@ ERROR_STATUS: dict[type[Exception], tuple[int, str | None]] = {
 }
 
 
-def error_response(
-    status_code: int,
-    message: str,
-    *,
-    param: str | None = None,
-    code: str | None = None,
-    type: str = "invalid_request_error",
-    headers: dict[str, str] | None = None,
-) -> Response:
-    # Client errors are final: tell OpenAI's client not to retry them (it retries 409 otherwise).
-    extra = {"x-should-retry": "false"} if status_code < 500 else {}
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    # ASCII-only JSON: whatever a message quotes, the body is valid UTF-8.
-    return Response(
-        json.dumps(body).encode(),
-        status_code=status_code,
-        media_type="application/json",
-        headers={**extra, **(headers or {})},
-    )
+def error_response(status_code: int, message: str, **fields: Any) -> Response:
+    """An error response in OpenAI's shape (`fields`: those of `APIError`)."""
+    return APIError(status_code, message, **fields).response()
 
 
 def _validation_message(error: dict[str, Any]) -> tuple[str, str | None, str | None]:
@@ -119,14 +116,7 @@ def add_error_handlers(app: FastAPI) -> None:
     """Answer every error in OpenAI's shape; domain errors by `ERROR_STATUS`."""
 
     async def api_error(_: Request, exc: APIError) -> Response:
-        return error_response(
-            exc.status_code,
-            exc.message,
-            param=exc.param,
-            code=exc.code,
-            type=exc.type,
-            headers=exc.headers,
-        )
+        return exc.response()
 
     async def http_error(_: Request, exc: HTTPException) -> Response:
         return error_response(exc.status_code, str(exc.detail), headers=exc.headers)

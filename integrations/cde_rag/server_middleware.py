@@ -63,11 +63,7 @@ class BodyLimitMiddleware:
             return
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
-            error = self._error()
-            response = error_response(
-                error.status_code, error.message, code=error.code, headers=error.headers
-            )
-            await response(scope, receive, send)
+            await self._error().response()(scope, receive, send)
             return
         seen = 0
 
