@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +14,7 @@ import numpy as np
 import openai
 import pytest
 from openai import OpenAI
+from server_process import ServerProcess
 
 from cde_rag import CorpusContext
 from cde_rag.batching import MicroBatcher
@@ -30,82 +25,6 @@ pytestmark = pytest.mark.server
 
 API_KEY = "sk-test-cde-rag-1"
 TOL = 1e-5
-STARTUP_TIMEOUT = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServerProcess:
-    """`cde-rag serve` in a subprocess, on a fresh port each start, logging to a file."""
-
-    def __init__(self, model_path: str, data_dir: Path, log_dir: Path):
-        self.model_path = model_path
-        self.data_dir = data_dir
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> str:
-        return (self.log_dir / f"server-{self.starts}.log").read_text(errors="replace")
-
-    def start(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
-        self.starts += 1
-        command = [
-            sys.executable,
-            "-m",
-            "cde_rag.cli",
-            "serve",
-            "--model",
-            self.model_path,
-            "--device",
-            "cpu",
-            "--port",
-            str(self.port),
-            "--data",
-            str(self.data_dir),
-            "--batch-wait-ms",
-            "50",
-            *args,
-        ]
-        full_env = {k: v for k, v in os.environ.items() if k != "CDE_RAG_API_KEY"}
-        full_env.update(env or {})
-        with open(self.log_dir / f"server-{self.starts}.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=full_env
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server did not answer /health in {STARTUP_TIMEOUT}s:\n{self.log}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,10 @@ makes requests queue behind each other anyway. `MicroBatcher` holds a request fo
 `max_wait` seconds (longer only while the model is busy with an earlier batch), merges every
 pending request for the same (context, input type) into one `model.embed` call in a worker
 thread, and splits the vectors back.
+
+One request must never fail the others merged with it: each is validated before it joins a
+batch, a merged call that still fails is re-run one request at a time so only the culprit
+fails, and vectors that are not finite fail their own request only.
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .context import CorpusContext
-from .model import CDEModel, InputType
+from .errors import CDEError
+from .model import CDEModel, InputType, check_texts
+
+
+class NonFiniteOutputError(CDEError, ArithmeticError):
+    """The model produced NaN or infinite values; they are never returned as vectors."""
 
 
 @dataclass
@@ -30,11 +39,14 @@ class BatchStats:
     texts: int = 0
     model_calls: int = 0
     largest_call_requests: int = 0
+    failed_requests: int = 0  # failed in the model call, alone (after any re-run)
+    rerun_batches: int = 0  # merged calls that failed and were re-run one request at a time
 
 
 @dataclass
 class _Pending:
     texts: list[str]
+    tokens: list[int] | None
     future: asyncio.Future[tuple[np.ndarray, list[int]]]
 
 
@@ -90,12 +102,23 @@ class MicroBatcher:
             self._executor = None
 
     async def embed(
-        self, texts: list[str], *, context: CorpusContext, input_type: InputType
+        self,
+        texts: list[str],
+        *,
+        context: CorpusContext,
+        input_type: InputType,
+        tokens: list[int] | None = None,
     ) -> tuple[np.ndarray, list[int]]:
         """Vectors (len(texts), dim) and token counts of `texts`, possibly computed in a batch
-        with other requests. `texts` must already be validated (a list of str)."""
+        with other requests. Pass `tokens` (`model.count_tokens(texts, input_type)`) if the
+        caller counted them already. Bad texts or a context of another model raise here,
+        before the request joins a batch."""
         if self._task is None or self._wakeup is None:
             raise RuntimeError("MicroBatcher.start() was not called.")
+        texts = check_texts(texts)
+        self.model.check_context(context)
+        if tokens is not None and len(tokens) != len(texts):
+            raise ValueError(f"tokens has {len(tokens)} counts for {len(texts)} texts.")
         future: asyncio.Future[tuple[np.ndarray, list[int]]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -103,7 +126,7 @@ class MicroBatcher:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(context, input_type, time.monotonic())
-        group.items.append(_Pending(texts, future))
+        group.items.append(_Pending(texts, tokens, future))
         self._wakeup.set()
         return await future
 
@@ -142,31 +165,63 @@ class MicroBatcher:
         self, context: CorpusContext, input_type: InputType, batch: list[_Pending]
     ) -> None:
         texts = [text for item in batch for text in item.texts]
+        uncounted = [item.texts for item in batch if item.tokens is None]
         loop = asyncio.get_running_loop()
+        self.stats.model_calls += 1
         try:
-            vectors, tokens = await loop.run_in_executor(
-                self._executor, self._compute, context, input_type, texts
+            vectors, counted = await loop.run_in_executor(
+                self._executor, self._compute, context, input_type, texts, uncounted
             )
         except Exception as exc:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            if len(batch) > 1:
+                # Someone in the batch made the merged call fail: find out who, alone.
+                self.stats.rerun_batches += 1
+                for item in batch:
+                    await self._run(context, input_type, [item])
+                return
+            self.stats.failed_requests += 1
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
             return
-        self.stats.model_calls += 1
         self.stats.requests += len(batch)
         self.stats.texts += len(texts)
         self.stats.largest_call_requests = max(self.stats.largest_call_requests, len(batch))
+        counts = iter(counted)
         start = 0
         for item in batch:
             end = start + len(item.texts)
-            if not item.future.done():
-                item.future.set_result((vectors[start:end], tokens[start:end]))
+            tokens = item.tokens if item.tokens is not None else next(counts)
+            rows = vectors[start:end]
             start = end
+            if item.future.done():
+                continue
+            try:
+                item.future.set_result(_finite(rows, tokens))
+            except NonFiniteOutputError as exc:
+                self.stats.failed_requests += 1
+                item.future.set_exception(exc)
 
     def _compute(
-        self, context: CorpusContext, input_type: InputType, texts: list[str]
-    ) -> tuple[np.ndarray, list[int]]:
+        self,
+        context: CorpusContext,
+        input_type: InputType,
+        texts: list[str],
+        uncounted: list[list[str]],
+    ) -> tuple[np.ndarray, list[list[int]]]:
         vectors = self.model.embed(
             texts, context=context, input_type=input_type, show_progress=False
         )
-        return vectors, self.model.count_tokens(texts, input_type)
+        return vectors, [self.model.count_tokens(part, input_type) for part in uncounted]
+
+
+def _finite(vectors: np.ndarray, tokens: list[int]) -> tuple[np.ndarray, list[int]]:
+    """The request's result, checked: NaN must never reach a client (nor break its JSON)."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise NonFiniteOutputError(
+            f"The model produced NaN or infinite values for {int(bad.sum())} of the "
+            f"{len(vectors)} texts (first: item {int(bad.argmax())}); no vectors were returned. "
+            "The checkpoint or the context is broken: check the model's weights and the "
+            "context (cde-rag context show), or report a bug."
+        )
+    return vectors, tokens

@@ -4,48 +4,106 @@ Many RAG stacks can only talk to an embeddings endpoint. This server speaks Open
 `/v1/embeddings` protocol, so those stacks (the `openai` client, LangChain's `OpenAIEmbeddings`,
 ...) can use cde-small-v2 unchanged, and adds what a contextual model needs: contexts that are
 fitted, stored and chosen per request (`context`), and the query/document switch (`input_type`).
+
+It is built for careless and hostile clients too: every request is bounded (inputs, tokens,
+body bytes) and checked before it reaches the model, one request's failure never fails
+another's, and a web page cannot reach it through DNS rebinding (`cde_rag.hosts`). The request
+and response bodies, and the OpenAPI document, live in `server_schema`; the stored contexts in
+`context_store`.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
-import ipaddress
 import json
 import logging
 import os
-import re
 import sys
-import threading
 import time
-from collections.abc import Awaitable, Callable
+import warnings
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI
+from fastapi import Path as PathParam
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batching import MicroBatcher
-from .context import DEFAULT_SEED, CorpusContext
-from .errors import CDEError, ContextError
+from .context import CorpusContext
+from .context_store import (
+    CONTEXT_ID_PATTERN,
+    DEFAULT_CONTEXT_ID,
+    ContextStorageError,
+    ContextStore,
+    check_context_id,
+    context_object,
+    is_default_id,
+    write_context_file,
+)
+from .errors import ContextError
+from .hosts import HostCheckMiddleware, allowed_hosts, is_loopback
 from .model import CDEModel
+from .server_errors import APIError, add_error_handlers, error_response
+from .server_limits import MAX_BODY_BYTES, MAX_INPUTS, MAX_TOKENS, RequestLimits
+from .server_middleware import APIKeyMiddleware, BodyLimitMiddleware
+from .server_schema import (
+    ContextDeleted,
+    ContextInfo,
+    ContextList,
+    ContextRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    Health,
+    ModelInfo,
+    ModelList,
+    Stats,
+    TextsError,
+    UnusableContext,
+    check_texts_field,
+    error_responses,
+    finish_openapi,
+)
+
+__all__ = [
+    "API_KEY_ENV",
+    "CONTEXT_ID_PATTERN",
+    "DEFAULT_CONTEXT_ID",
+    "MAX_BODY_BYTES",
+    "MAX_INPUTS",
+    "MAX_TOKENS",
+    "SERVED_NAME",
+    "APIError",
+    "APIKeyMiddleware",
+    "BodyLimitMiddleware",
+    "ContextRequest",
+    "ContextStore",
+    "EmbeddingRequest",
+    "RequestLimits",
+    "cached_fallback",
+    "check_context_id",
+    "context_from_rows",
+    "context_object",
+    "create_app",
+    "default_data_dir",
+    "error_response",
+    "exposure_warning",
+    "input_texts",
+    "render_embeddings",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
 SERVED_NAME = "cde-small-v2"
-DEFAULT_CONTEXT_ID = "default"
-# OpenAI's own limit on inputs per request; clients already chunk to it.
-MAX_INPUTS = 2048
-MAX_BODY_BYTES = 64 * 1024 * 1024
-CONTEXT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 API_KEY_ENV = "CDE_RAG_API_KEY"
+# Examples in the OpenAPI document, so that generated tests reach existing resources too.
+SERVED = {"served": {"value": SERVED_NAME}}
+ContextId = Annotated[str, PathParam(openapi_examples={"default": {"value": DEFAULT_CONTEXT_ID}})]
 
 
 def default_data_dir() -> Path:
@@ -54,294 +112,14 @@ def default_data_dir() -> Path:
     return Path(base) / "cde-rag" / "server"
 
 
-# -- errors ------------------------------------------------------------------------------------
+def model_label(name: str) -> str:
+    """A model's name without where it was loaded from: a local folder's own name, else the
+    hub id. Clients need the name; the server's file layout is none of their business."""
+    path = Path(name).expanduser()
+    return path.name if path.is_absolute() or path.exists() else name
 
 
-class APIError(HTTPException):
-    """An error answered in OpenAI's shape: `{"error": {message, type, param, code}}`."""
-
-    def __init__(
-        self,
-        status_code: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        type: str = "invalid_request_error",
-    ):
-        super().__init__(status_code, message)
-        self.message = message
-        self.param = param
-        self.code = code
-        self.type = type
-
-
-def error_response(
-    status_code: int,
-    message: str,
-    *,
-    param: str | None = None,
-    code: str | None = None,
-    type: str = "invalid_request_error",
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    # Client errors are final: tell OpenAI's client not to retry them (it retries 409 otherwise).
-    extra = {"x-should-retry": "false"} if status_code < 500 else {}
-    return JSONResponse(
-        {"error": {"message": message, "type": type, "param": param, "code": code}},
-        status_code=status_code,
-        headers={**extra, **(headers or {})},
-    )
-
-
-def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
-    """One readable sentence for the first thing pydantic or the JSON parser rejected."""
-    kind = error.get("type", "")
-    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-    param = ".".join(loc) or None
-    if kind == "json_invalid":
-        detail = (error.get("ctx") or {}).get("error", "")
-        return (
-            f"The request body is not valid JSON ({detail}). Send a JSON object with "
-            "Content-Type: application/json.",
-            None,
-        )
-    if kind == "extra_forbidden":
-        return (
-            f"Unrecognized request argument supplied: {param}. Check the spelling: a "
-            "misspelled option would otherwise be ignored silently.",
-            param,
-        )
-    if not loc:
-        return "The request body must be a JSON object.", None
-    if kind == "missing":
-        return f"Missing required parameter: '{param}'.", param
-    return f"Invalid value for '{param}': {error.get('msg', 'invalid')}.", param
-
-
-# -- request bodies ----------------------------------------------------------------------------
-
-
-class EmbeddingRequest(BaseModel):
-    """OpenAI's embeddings request, plus `input_type` and `context`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input: Any
-    model: str
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
-    input_type: Literal["document", "query"] = "document"
-    context: str | None = None
-
-
-class ContextRequest(BaseModel):
-    """Fit a context from `documents`, or wrap first-stage `embeddings` (N x dim)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str | None = None
-    documents: Any = None
-    seed: int = Field(DEFAULT_SEED, ge=0)
-    embeddings: list[list[float]] | None = None
-
-
-def input_texts(value: Any, param: str = "input", max_items: int | None = MAX_INPUTS) -> list[str]:
-    """A JSON string or list of non-empty strings, or an APIError naming the first bad item.
-
-    Empty strings are refused as OpenAI refuses them: they carry nothing to embed, and a
-    vector for them would only be the prefix's.
-    """
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        raise APIError(
-            400,
-            f"'{param}' must be a string or a list of strings, not {_json_type(value)}.",
-            param=param,
-        )
-    if not value:
-        raise APIError(400, f"'{param}' is empty: send at least one string.", param=param)
-    if max_items is not None and len(value) > max_items:
-        raise APIError(
-            400,
-            f"'{param}' has {len(value)} items; at most {max_items} are allowed per request. "
-            "Split the list into several requests.",
-            param=param,
-        )
-    if all(isinstance(item, int) and not isinstance(item, bool) for item in value) or any(
-        isinstance(item, list) for item in value
-    ):
-        raise APIError(
-            400,
-            "Token arrays are not supported: cde-small-v2 has its own tokenizer. Send the texts "
-            "as strings (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)).",
-            param=param,
-        )
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise APIError(400, f"{param}[{i}] is {_json_type(item)}, not a string.", param=param)
-        if not item:
-            raise APIError(
-                400,
-                f"{param}[{i}] is an empty string; drop empty texts before sending them.",
-                param=param,
-            )
-    return value
-
-
-def _json_type(value: Any) -> str:
-    names = {
-        dict: "an object",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        list: "a list",
-    }
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-# -- contexts ----------------------------------------------------------------------------------
-
-
-def check_context_id(context_id: str, param: str = "context") -> str:
-    """Ids become file names: only letters, digits, '-' and '_' (no paths, no dots)."""
-    if not CONTEXT_ID_PATTERN.fullmatch(context_id):
-        raise APIError(
-            400,
-            f"Invalid context id {context_id!r}: use 1-64 letters, digits, '-' or '_', "
-            "starting with a letter or digit.",
-            param=param,
-            code="invalid_context_id",
-        )
-    return context_id
-
-
-class ContextStore:
-    """The named contexts of one model, each saved as `<folder>/<id>.safetensors`.
-
-    Files that cannot be used (corrupted, or made by another model) are reported and left
-    untouched on disk, and their ids stay taken until deleted explicitly.
-    """
-
-    def __init__(self, model: CDEModel, folder: Path):
-        self.model = model
-        self.folder = folder
-        # `_lock` guards the dicts for a moment; `_write_lock` orders the slow disk writes,
-        # so requests that only read a context never wait for an fsync.
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._contexts: dict[str, CorpusContext] = {}
-        self._unusable: dict[str, str] = {}
-        folder.mkdir(parents=True, exist_ok=True)
-        for path in sorted(folder.glob("*.safetensors")):
-            context_id = path.stem
-            if not CONTEXT_ID_PATTERN.fullmatch(context_id) or context_id == DEFAULT_CONTEXT_ID:
-                log.warning("Ignoring %s: its name is not a valid context id.", path)
-                continue
-            try:
-                self._contexts[context_id] = model.check_context(CorpusContext.load(path))
-            except (ContextError, OSError) as exc:
-                self._unusable[context_id] = str(exc)
-                log.warning("Context %r is stored but unusable: %s", context_id, exc)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._contexts) + len(self._unusable)
-
-    def _path(self, context_id: str) -> Path:
-        return self.folder / f"{context_id}.safetensors"
-
-    def get(self, context_id: str) -> CorpusContext:
-        check_context_id(context_id)
-        with self._lock:
-            ctx = self._contexts.get(context_id)
-            reason = self._unusable.get(context_id)
-        if ctx is not None:
-            return ctx
-        if reason is not None:
-            raise APIError(
-                400,
-                f"Context {context_id!r} is stored but unusable: {reason}",
-                param="context",
-                code="context_unusable",
-            )
-        raise _not_found(context_id)
-
-    def describe(self, context_id: str) -> dict[str, Any]:
-        check_context_id(context_id)
-        with self._lock:
-            reason = self._unusable.get(context_id)
-        if reason is not None:
-            return {"object": "context", "id": context_id, "usable": False, "error": reason}
-        return context_object(context_id, self.get(context_id))
-
-    def list(self) -> list[dict[str, Any]]:
-        with self._lock:
-            usable = sorted(self._contexts.items())
-            unusable = sorted(self._unusable.items())
-        return [context_object(cid, ctx, sample=0) for cid, ctx in usable] + [
-            {"object": "context", "id": cid, "usable": False, "error": reason}
-            for cid, reason in unusable
-        ]
-
-    @staticmethod
-    def check_new_id(context_id: str) -> str:
-        """Refuse an id that can never be created, before any slow fitting starts."""
-        check_context_id(context_id, "id")
-        if context_id == DEFAULT_CONTEXT_ID:
-            raise APIError(400, "The id 'default' names the server's default context.", param="id")
-        return context_id
-
-    def add(self, ctx: CorpusContext, context_id: str | None) -> tuple[str, CorpusContext, bool]:
-        """Store `ctx`; returns (id, stored context, created). Adding the same context under
-        the same id again returns the stored one."""
-        context_id = self.check_new_id(context_id or f"ctx-{ctx.fingerprint[:16]}")
-        with self._write_lock:
-            with self._lock:
-                existing = self._contexts.get(context_id)
-                taken = existing is not None or context_id in self._unusable
-            if existing is not None and existing.fingerprint == ctx.fingerprint:
-                return context_id, existing, False
-            if taken:
-                raise APIError(
-                    409,
-                    f"Context id {context_id!r} is taken by another context. Choose another "
-                    f"id, or DELETE /v1/contexts/{context_id} first.",
-                    param="id",
-                    code="context_exists",
-                )
-            ctx.save(self._path(context_id))
-            with self._lock:
-                self._contexts[context_id] = ctx
-        return context_id, ctx, True
-
-    def delete(self, context_id: str) -> None:
-        check_context_id(context_id)
-        with self._write_lock:
-            with self._lock:
-                known = context_id in self._contexts or context_id in self._unusable
-            if not known:
-                raise _not_found(context_id)
-            self._path(context_id).unlink(missing_ok=True)
-            with self._lock:
-                self._contexts.pop(context_id, None)
-                self._unusable.pop(context_id, None)
-
-
-def _not_found(context_id: str) -> APIError:
-    return APIError(
-        404,
-        f"No context with id {context_id!r}. List them with GET /v1/contexts, or create one "
-        "with POST /v1/contexts.",
-        param="context",
-        code="context_not_found",
-    )
-
-
-def context_object(context_id: str, ctx: CorpusContext, sample: int = 5) -> dict[str, Any]:
-    return {"object": "context", "id": context_id, "usable": True, **ctx.describe(sample)}
+# -- the app -----------------------------------------------------------------------------------
 
 
 def cached_fallback(model: CDEModel, folder: Path) -> CorpusContext:
@@ -352,78 +130,11 @@ def cached_fallback(model: CDEModel, folder: Path) -> CorpusContext:
     except ContextError:
         pass  # not computed yet, or unreadable: it is a cache, recompute it
     ctx = model.fallback_context()
-    ctx.save(path)
+    try:
+        write_context_file(ctx, path, overwrite=True)
+    except ContextStorageError as exc:
+        log.warning("The fallback context is not cached, it will be computed again: %s", exc)
     return ctx
-
-
-# -- middleware --------------------------------------------------------------------------------
-
-
-class APIKeyMiddleware:
-    """Require `Authorization: Bearer <key>` on every route but /health."""
-
-    def __init__(self, app: ASGIApp, api_key: str):
-        self.app = app
-        self.api_key = api_key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health":
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if not header:
-            message = "Missing API key: send the header 'Authorization: Bearer <key>'."
-        elif scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
-            message = "Incorrect API key provided."
-        else:
-            await self.app(scope, receive, send)
-            return
-        response = error_response(
-            401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
-        )
-        await response(scope, receive, send)
-
-
-class BodyLimitMiddleware:
-    """Refuse request bodies over `limit` bytes before they fill memory."""
-
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app = app
-        self.limit = limit
-
-    def _error(self) -> APIError:
-        return APIError(
-            413,
-            f"The request body exceeds {self.limit // (1024 * 1024)} MiB. Send fewer or shorter "
-            "texts per request (the model reads only the first 512 tokens of each).",
-            code="request_too_large",
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            error = self._error()
-            response = error_response(error.status_code, error.message, code=error.code)
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise self._error()
-            return message
-
-        await self.app(scope, limited, send)
-
-
-# -- the app -----------------------------------------------------------------------------------
 
 
 def create_app(
@@ -434,19 +145,27 @@ def create_app(
     api_key: str | None = None,
     max_wait: float = 0.005,
     max_batch_texts: int = 256,
+    host: str = "127.0.0.1",
+    extra_hosts: Iterable[str] = (),
+    limits: RequestLimits | None = None,
 ) -> FastAPI:
     """The ASGI app. Loads stored contexts and the default context before returning.
 
     `default_context` is used when a request names none; without it, the model's
-    random-strings fallback (computed once, cached in `data_dir/fallback/`).
+    random-strings fallback (computed once, cached in `data_dir/fallback/`). `host` is the
+    address the app is served on: bound to loopback, it answers only requests addressed to
+    this machine or to one of `extra_hosts` (`cde_rag.hosts`).
     """
+    limits = limits or RequestLimits()
     folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     store = ContextStore(model, folder / "contexts")
     if default_context is None:
         default_context = cached_fallback(model, folder / "fallback")
     default_context = model.check_context(default_context)
     batcher = MicroBatcher(model, max_wait=max_wait, max_texts=max_batch_texts)
-    names = {SERVED_NAME, model.name, Path(model.name).name}
+    label = model_label(model.name)
+    listed = sorted({SERVED_NAME, label, Path(label).name})
+    accepted = {*listed, model.name}
     created = int(time.time())
 
     @asynccontextmanager
@@ -467,15 +186,22 @@ def create_app(
     app.state.store = store
     app.state.batcher = batcher
     app.state.default_context = default_context
-    _add_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, limit=MAX_BODY_BYTES)
+    app.state.limits = limits
+    add_error_handlers(app)
+    # Outermost last: the Host check, then the key, then the body limit.
+    app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(HostCheckMiddleware, allowed=allowed_hosts(host, extra_hosts))
+
+    def describe(context_id: str, ctx: CorpusContext, sample: int = 5) -> dict[str, Any]:
+        return context_object(context_id, ctx, sample, model_label=label)
 
     def resolve_context(context_id: str | None) -> tuple[str, CorpusContext]:
-        if context_id is None or context_id == DEFAULT_CONTEXT_ID:
+        if is_default_id(context_id):
             return DEFAULT_CONTEXT_ID, default_context
-        return context_id, store.get(context_id)
+        ctx = store.get(context_id)
+        return check_context_id(context_id), ctx
 
     def model_object(name: str = SERVED_NAME) -> dict[str, Any]:
         return {
@@ -483,8 +209,8 @@ def create_app(
             "object": "model",
             "created": created,
             "owned_by": "cde-rag",
-            "root": model.name,
-            "aliases": sorted(names),
+            "root": label,
+            "aliases": listed,
             "fingerprint": model.fingerprint,
             "dimensions": model.dim,
             "corpus_size": model.corpus_size,
@@ -492,34 +218,40 @@ def create_app(
         }
 
     def check_model(name: str) -> None:
-        if name not in names:
+        if name not in accepted:
             raise APIError(
                 404,
-                f"The model `{name}` does not exist. This server serves {SERVED_NAME!r} "
-                f"(also accepted: {', '.join(repr(n) for n in sorted(names - {SERVED_NAME}))}).",
+                f"The model {name!r} does not exist. This server serves {SERVED_NAME!r} "
+                f"(also accepted: {', '.join(repr(n) for n in listed if n != SERVED_NAME)}).",
                 param="model",
                 code="model_not_found",
             )
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health, responses=error_responses())
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model.name}
+        return {"status": "ok", "model": label}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList, responses=error_responses())
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_object()]}
 
-    @app.get("/v1/models/{name:path}")
-    async def get_model(name: str) -> dict[str, Any]:
+    @app.get("/v1/models/{name:path}", response_model=ModelInfo, responses=error_responses(404))
+    async def get_model(name: Annotated[str, PathParam(openapi_examples=SERVED)]) -> dict[str, Any]:
         check_model(name)
         return model_object(name)
 
-    @app.get("/v1/stats")
+    @app.get("/v1/stats", response_model=Stats, responses=error_responses())
     async def stats() -> dict[str, Any]:
         """Batching counters: model calls vs. requests shows how much merging happens."""
         return {"object": "stats", **vars(batcher.stats)}
 
-    @app.post("/v1/embeddings")
+    @app.post(
+        "/v1/embeddings",
+        responses={
+            200: {"model": EmbeddingResponse, "description": "The vectors, in input order."},
+            **error_responses(404, 413),
+        },
+    )
     async def create_embeddings(body: EmbeddingRequest) -> Response:
         check_model(body.model)
         if body.dimensions is not None and body.dimensions != model.dim:
@@ -529,9 +261,21 @@ def create_app(
                 f"{model.dim} or omitted.",
                 param="dimensions",
             )
-        texts = input_texts(body.input)
+        texts = check_texts_field(body.input, "input", limits.max_inputs)
         context_id, ctx = resolve_context(body.context)
-        vectors, tokens = await batcher.embed(texts, context=ctx, input_type=body.input_type)
+        tokens = await run_in_threadpool(model.count_tokens, texts, body.input_type)
+        if sum(tokens) > limits.max_tokens:
+            raise APIError(
+                400,
+                f"This request has {sum(tokens)} tokens (each text cut to the model's "
+                f"{model.max_length}); at most {limits.max_tokens} are allowed per request "
+                "(cde-rag serve --max-tokens). Split the input into several requests.",
+                param="input",
+                code="max_tokens_per_request",
+            )
+        vectors, tokens = await batcher.embed(
+            texts, context=ctx, input_type=body.input_type, tokens=tokens
+        )
         content = await run_in_threadpool(
             render_embeddings,
             vectors,
@@ -543,8 +287,16 @@ def create_app(
         )
         return Response(content, media_type="application/json")
 
-    @app.post("/v1/contexts", status_code=201)
-    async def create_context(body: ContextRequest) -> JSONResponse:
+    @app.post(
+        "/v1/contexts",
+        status_code=201,
+        response_model=ContextInfo,
+        responses={
+            200: {"model": ContextInfo, "description": "This context was stored already."},
+            **error_responses(409, 413, 507),
+        },
+    )
+    async def create_context(body: ContextRequest, response: Response) -> dict[str, Any]:
         if (body.documents is None) == (body.embeddings is None):
             raise APIError(
                 400,
@@ -555,38 +307,57 @@ def create_app(
         if body.id is not None:
             store.check_new_id(body.id)
         if body.documents is not None:
-            documents = input_texts(body.documents, "documents", max_items=None)
+            documents = check_texts_field(body.documents, "documents")
             ctx = await run_in_threadpool(model.fit_context, documents, seed=body.seed)
         else:
             ctx = context_from_rows(model, body.embeddings or [])
         context_id, stored, created_now = await run_in_threadpool(store.add, ctx, body.id)
-        return JSONResponse(
-            context_object(context_id, stored), status_code=201 if created_now else 200
-        )
+        response.status_code = 201 if created_now else 200
+        return describe(context_id, stored)
 
-    @app.get("/v1/contexts")
+    @app.get("/v1/contexts", response_model=ContextList, responses=error_responses())
     async def list_contexts() -> dict[str, Any]:
-        default = context_object(DEFAULT_CONTEXT_ID, default_context, sample=0)
-        return {"object": "list", "data": [default, *store.list()]}
+        default = describe(DEFAULT_CONTEXT_ID, default_context, sample=0)
+        return {"object": "list", "data": [default, *store.list(model_label=label)]}
 
-    @app.get("/v1/contexts/{context_id}")
-    async def get_context(context_id: str) -> dict[str, Any]:
-        if context_id == DEFAULT_CONTEXT_ID:
-            return context_object(DEFAULT_CONTEXT_ID, default_context)
-        return store.describe(context_id)
+    @app.get(
+        "/v1/contexts/{context_id}",
+        response_model=ContextInfo | UnusableContext,
+        responses=error_responses(404),
+    )
+    async def get_context(context_id: ContextId) -> dict[str, Any]:
+        if is_default_id(context_id):
+            return describe(DEFAULT_CONTEXT_ID, default_context)
+        return store.describe(context_id, model_label=label)
 
-    @app.delete("/v1/contexts/{context_id}")
-    async def delete_context(context_id: str) -> dict[str, Any]:
-        if context_id == DEFAULT_CONTEXT_ID:
+    @app.delete(
+        "/v1/contexts/{context_id}", response_model=ContextDeleted, responses=error_responses(404)
+    )
+    async def delete_context(context_id: ContextId) -> dict[str, Any]:
+        if is_default_id(context_id):
             raise APIError(
                 400,
                 "The server's default context cannot be deleted; restart the server with "
                 "another --context to change it.",
                 param="context_id",
             )
-        await run_in_threadpool(store.delete, context_id)
-        return {"object": "context.deleted", "id": context_id, "deleted": True}
+        deleted = await run_in_threadpool(store.delete, context_id)
+        return {"object": "context.deleted", "id": deleted, "deleted": True}
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            app.openapi_schema = finish_openapi(
+                document,
+                max_inputs=limits.max_inputs,
+                corpus_size=model.corpus_size,
+                dim=model.dim,
+                api_key=bool(api_key),
+                open_paths={"/health"},
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -598,11 +369,16 @@ def context_from_rows(model: CDEModel, rows: list[list[float]]) -> CorpusContext
             f"'embeddings' must be {model.corpus_size} rows of {model.dim} numbers for this "
             f"model; got {len(rows)} rows of widths {sorted(widths)}.",
             param="embeddings",
+            code="invalid_context_embeddings",
         )
+    with np.errstate(over="ignore"):  # numbers beyond float32 become inf, refused below
+        matrix = np.asarray(rows, dtype=np.float32)
     try:
-        return model.context_from_embeddings(np.asarray(rows, dtype=np.float32))
+        return model.context_from_embeddings(matrix)
     except ContextError as exc:
-        raise APIError(400, str(exc), param="embeddings") from None
+        raise APIError(
+            400, str(exc), param="embeddings", code="invalid_context_embeddings"
+        ) from None
 
 
 def render_embeddings(
@@ -634,45 +410,8 @@ def render_embeddings(
         "context": context,
         "input_type": input_type,
     }
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    Handler = Callable[[Request, Any], Awaitable[Response]]
-
-    async def api_error(_: Request, exc: APIError) -> Response:
-        return error_response(
-            exc.status_code, exc.message, param=exc.param, code=exc.code, type=exc.type
-        )
-
-    async def http_error(_: Request, exc: HTTPException) -> Response:
-        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
-
-    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        message, param = _validation_message(exc.errors()[0])
-        return error_response(400, message, param=param)
-
-    async def engine_error(_: Request, exc: CDEError) -> Response:
-        return error_response(400, str(exc))
-
-    async def server_error(_: Request, exc: Exception) -> Response:
-        log.exception("Unhandled error", exc_info=exc)
-        return error_response(
-            500,
-            f"The server failed on this request ({type(exc).__name__}); it keeps serving "
-            "others. See the server log.",
-            type="server_error",
-        )
-
-    handlers: dict[type[Exception], Handler] = {
-        APIError: api_error,
-        HTTPException: http_error,
-        RequestValidationError: validation_error,
-        CDEError: engine_error,
-        Exception: server_error,
-    }
-    for exc_type, handler in handlers.items():
-        app.add_exception_handler(exc_type, handler)
+    # allow_nan=False: a NaN that slipped past the batcher's check fails loudly, never as JSON.
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -680,11 +419,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:
     """A warning when `host` is reachable from other machines, else None."""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
+    if is_loopback(host):
         return None
     where = "all network interfaces" if host in ("0.0.0.0", "::", "") else host
     advice = (
@@ -705,6 +440,8 @@ def serve(
     default_context: CorpusContext | None = None,
     max_wait: float = 0.005,
     max_batch_texts: int = 256,
+    extra_hosts: Iterable[str] = (),
+    limits: RequestLimits | None = None,
     log_level: str = "info",
 ) -> None:
     """Run the server until interrupted (what `cde-rag serve` calls)."""
@@ -717,6 +454,9 @@ def serve(
         api_key=api_key,
         max_wait=max_wait,
         max_batch_texts=max_batch_texts,
+        host=host,
+        extra_hosts=extra_hosts,
+        limits=limits,
     )
     warning = exposure_warning(host, api_key)
     if warning:
@@ -731,3 +471,16 @@ def serve(
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def input_texts(value: Any, param: str = "input", max_items: int | None = MAX_INPUTS) -> list[str]:
+    """Deprecated: use `server_schema.check_texts_field` (this one raises `APIError`, 400)."""
+    warnings.warn(
+        "cde_rag.server.input_texts is deprecated; use cde_rag.server_schema.check_texts_field.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    try:
+        return check_texts_field(value, param, max_items)
+    except TextsError as exc:
+        raise APIError(400, str(exc), param=exc.param, code=exc.code) from None

@@ -1,13 +1,14 @@
 """`cde-rag context fit|show|save`: corpus contexts as files you can inspect and reuse.
 
 A context file (safetensors + JSON, written atomically) pins the corpus a set of vectors was
-embedded against; `cde-rag serve --context FILE` and `CorpusContext.load` read it back.
+embedded against; `cde-rag serve --context FILE` and `CorpusContext.load` read it back. Files are
+written as the server stores them (`context_store.write_context_file`), and the text a context
+carries is printed with terminal controls escaped (`_text`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from ._common import (
     load_model,
     open_client,
 )
+from ._text import terminal_safe, terminal_safe_json
 
 HELP = "fit a corpus context from files, show one, or save a collection's to a file"
 SAMPLE_CHARS = 100
@@ -75,12 +77,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from ..context_store import check_context_target, write_context_file
     from ..documents import DocumentError, chunk_documents, load_documents
 
-    _refuse_overwrite(args.output, args.force)
+    check_context_target(args.output, overwrite=args.force)
     loaded = load_documents(args.paths)
     for path, reason in loaded.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"skipped {terminal_safe(str(path))}: {terminal_safe(reason)}", file=sys.stderr)
     chunks = chunk_documents(
         loaded.documents, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap
     )
@@ -88,11 +91,11 @@ def _fit(args: argparse.Namespace) -> int:
         raise DocumentError("no readable text in the files given; nothing to fit a context on.")
     model = load_model(args)
     context = model.fit_context([c.text for c in chunks], seed=args.seed, show_progress=True)
-    context.save(args.output)
+    write_context_file(context, args.output, overwrite=args.force)
     print(
         f"Saved context {context.fingerprint} ({context.size}x{context.dim}, fitted on "
         f"{len(chunks)} chunks of {len(loaded.documents)} files, seed {args.seed}) to "
-        f"{args.output}"
+        f"{terminal_safe(str(args.output))}"
     )
     return 0
 
@@ -110,12 +113,12 @@ def _show(args: argparse.Namespace) -> int:
         where = f"collection {args.collection!r} in {describe_store(args)}"
     info = context.describe(sample=max(args.sample, 0))
     if args.json:
-        print(json.dumps({"where": where, **info}, indent=2, ensure_ascii=False))
+        print(terminal_safe_json({"where": where, **info}, indent=2))
         return 0
-    print(f"Context of {where}")
+    print(f"Context of {terminal_safe(where)}")
     for key, value in info.items():
         if key != "sample":
-            print(f"  {key}: {value}")
+            print(f"  {key}: {terminal_safe(str(value))}")
     if info["sample"]:
         print("  minicorpus sample:")
         for text in info["sample"]:
@@ -124,10 +127,15 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _save(args: argparse.Namespace) -> int:
-    _refuse_overwrite(args.output, args.force)
+    from ..context_store import check_context_target, write_context_file
+
+    check_context_target(args.output, overwrite=args.force)
     context = _collection_context(args)
-    context.save(args.output)
-    print(f"Saved context {context.fingerprint} of {args.collection!r} to {args.output}")
+    write_context_file(context, args.output, overwrite=args.force)
+    print(
+        f"Saved context {context.fingerprint} of {args.collection!r} to "
+        f"{terminal_safe(str(args.output))}"
+    )
     return 0
 
 
@@ -149,13 +157,8 @@ def _collection_context(args: argparse.Namespace) -> Any:
     return chroma.get_context(raw)
 
 
-def _refuse_overwrite(path: Path, force: bool) -> None:
-    if path.is_dir():
-        raise IsADirectoryError(f"-o must be a file path, but {path} is a folder.")
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it.")
-
-
 def _preview(text: str) -> str:
+    """One line of at most SAMPLE_CHARS visible characters, controls escaped."""
     text = " ".join(text.split())
-    return text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
+    text = text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
+    return terminal_safe(text)
