@@ -220,7 +220,7 @@ class EmbeddingsFolder:
         rows = failed = 0
         for batch in self.data_batches([ERROR], batch_size=65536):
             rows += batch.num_rows
-            failed += batch.num_rows - pc.count(batch.column(0)).as_py()
+            failed += pc.count(batch.column(0)).as_py()
         return rows, failed
 
 

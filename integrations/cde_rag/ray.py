@@ -458,9 +458,9 @@ def index_folder(
         folder.write_input(chunks, rows_per_shard)
         context = folder.read_context()
         new_context = context is None
-        if context is None:
-            inputs = ray.data.read_parquet(folder.uri(INPUT))
-            context = fit_context(inputs, model, seed=seed, revision=revision)
+        if context is None:  # the chunks are here already: fit as `cde-rag index` does
+            engine = _driver_model(model, revision)
+            context = engine.fit_context([c.text for c in chunks], seed=seed)
             folder.save_context(context)
         elif isinstance(model, CDEModel) or source != manifest.get("model"):
             _driver_model(model, revision).check_context(context)
@@ -473,14 +473,12 @@ def index_folder(
             total=len(chunks),
             already=already,
             show_progress=show_progress,
-            options={
-                "actors": actors,
-                "num_cpus": num_cpus,
-                "num_gpus": num_gpus,
-                "dtype": dtype,
-                "batch_size": batch_size,
-            },
             rows_per_shard=rows_per_shard,
+            actors=actors,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            dtype=dtype,
+            batch_size=batch_size,
         )
         rows, failed = folder.count_rows()
         folder.write_manifest(
@@ -535,8 +533,8 @@ def _embed_into(
     total: int,
     already: int,
     show_progress: bool | None,
-    options: dict[str, Any],
     rows_per_shard: int,
+    **options: Any,
 ) -> int:
     """Embed the input rows not written yet into data/; returns how many were embedded.
 
@@ -546,6 +544,8 @@ def _embed_into(
     """
     from ray.data.checkpoint import CheckpointConfig
 
+    if already == total:
+        return 0  # nothing to embed: do not start a job (and its actors) to learn that
     inputs = ray.data.read_parquet(folder.uri(INPUT))
     inputs.context.checkpoint_config = CheckpointConfig(
         id_column="id",
@@ -583,9 +583,11 @@ def _embed_into(
         writer.start()
         while writer.is_alive():
             writer.join(0.5)
-            done = ray.get(counter.total.remote())
-            bar.n = already + done
-            bar.refresh()
+            now = ray.get(counter.total.remote())
+            if now != done:
+                done = now
+                bar.n = already + done
+                bar.refresh()
     finally:
         bar.close()
     if failure:
