@@ -137,8 +137,10 @@ def test_embed_dataset_equals_engine_and_reports_bad_rows(ray_address, tmp_path,
     assert got.shape == (40, tiny_model.dim)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert all(row["error"] is None for row in out[:40])
-    assert out[40]["embedding"] is None and "lone UTF-16 surrogate" in out[40]["error"]
-    assert out[41]["embedding"] is None and "NoneType, not str" in out[41]["error"]
+    assert out[40]["embedding"] is None
+    assert out[40]["error"].startswith("'text' has a lone UTF-16 surrogate (U+D800)")
+    assert out[41]["embedding"] is None
+    assert out[41]["error"].startswith("'text' is NoneType, not str")
 
 
 def test_embed_dataset_refuses_a_context_of_another_model(
@@ -355,3 +357,24 @@ def test_lancedb_refuses_mixed_contexts_and_unfinished_folders(
     db.create_table("docs-cde-context", data=[row])
     with pytest.raises(ContextMismatchError, match="records context"):
         lancedb_store.search(uri, "docs", "river")
+
+
+def test_load_command_usage_and_one_line_errors(tmp_path, capsys):
+    from cde_rag.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["load", "--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert "--lancedb URI" in usage and "--collection NAME" in usage
+    with pytest.raises(SystemExit) as exit_info:
+        main(["load", str(tmp_path), "--collection", "docs"])  # no target
+    assert exit_info.value.code == 2
+    assert "one of the arguments --lancedb is required" in capsys.readouterr().err
+    lance = str(tmp_path / "lance")
+    assert main(["load", str(tmp_path), "--lancedb", lance, "-c", "docs"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cde-rag load: error: ") and "has no manifest.json" in err
+    assert main(["load", str(tmp_path), "--lancedb", lance, "-c", "bad name"]) == 1
+    assert "Invalid LanceDB table name 'bad name'" in capsys.readouterr().err
+    assert not (tmp_path / "lance").exists()  # nothing was created for a refused load

@@ -83,6 +83,7 @@ def fit_context(
     (`preserve_order`), and a small task takes the picked rows from the blocks that hold them,
     so only N texts reach the driver. Rows are located by counting block lengths in that
     ordered stream, not by any row id. The first stage runs on the driver (N texts).
+    Rows that are not picked are not checked here; `embed_dataset` reports any bad one.
     """
     engine = _driver_model(model, revision)
     _check_column(ds, text_column)
@@ -274,11 +275,12 @@ class _DocumentEmbedder:
         texts = batch.column(self.text_column).to_pylist()
         errors: list[str | None] = [None] * len(texts)
         good = []
+        label = repr(self.text_column)
         for i, text in enumerate(texts):
             try:
-                check_texts([text], self.text_column)
-            except InputError as exc:
-                errors[i] = str(exc)
+                check_texts([text], label)
+            except InputError as exc:  # the row's own problem: report it, embed the rest
+                errors[i] = str(exc).replace(f"{label}[0]", label, 1)
             else:
                 good.append(i)
         vectors = np.zeros((len(texts), self.model.dim), dtype=np.float32)
