@@ -115,7 +115,7 @@ def test_fit_refuses_a_missing_column_and_an_empty_dataset(ray_address, tiny_mod
     with pytest.raises(ValueError, match="no column 'text'.*'body'.*text_column="):
         cde_ray.fit_context(ds, tiny_model)
     with pytest.raises(ValueError, match="empty corpus"):
-        cde_ray.fit_context(ds.filter(lambda row: False), tiny_model, text_column="body")
+        cde_ray.fit_context(ds.limit(0), tiny_model, text_column="body")
 
 
 # -- embed_dataset -------------------------------------------------------------------------------

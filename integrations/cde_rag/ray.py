@@ -298,8 +298,8 @@ class _DocumentEmbedder:
         )
         if self.delay:
             time.sleep(self.delay)
-        if self.counter is not None:
-            self.counter.add.remote(len(texts))
+        if self.counter is not None:  # waited for, so the count is complete when the job is
+            ray.get(self.counter.add.remote(len(texts)))
         return _with_column(
             _with_column(batch, EMBEDDING, embedding), ERROR, pa.array(errors, pa.string())
         )
@@ -453,52 +453,47 @@ def index_folder(
         "seed": seed,
         "complete": False,
     }
-    started = _connect(address)
-    quiet = _QuietRayData()
-    try:
-        folder.write_manifest({**manifest, **record})
-        folder.write_input(chunks, rows_per_shard)
-        context = folder.read_context()
-        new_context = context is None
-        if context is None:  # the chunks are here already: fit as `cde-rag index` does
-            engine = _driver_model(model, revision)
-            context = engine.fit_context([c.text for c in chunks], seed=seed)
-            folder.save_context(context)
-        elif isinstance(model, CDEModel) or source != manifest.get("model"):
-            _driver_model(model, revision).check_context(context)
-        already = _written_ids(folder, [c.id for c in chunks])
-        embedded = _embed_into(
-            folder,
-            source,
-            revision,
-            context,
-            total=len(chunks),
-            already=already,
-            show_progress=show_progress,
-            rows_per_shard=rows_per_shard,
-            actors=actors,
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            dtype=dtype,
-            batch_size=batch_size,
-        )
-        rows, failed = folder.count_rows()
-        folder.write_manifest(
-            {
-                **record,
-                "model_fingerprint": context.model_fingerprint,
-                "context": context.fingerprint,
-                "dim": context.dim,
-                "rows": rows,
-                "failed": failed,
-                "complete": True,
-                "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-        )
-    finally:
-        quiet.restore()
-        if started:
-            ray.shutdown()
+    # Every refusal comes before the first write, so a refused run changes nothing.
+    context = folder.read_context()
+    new_context = context is None
+    if context is None or isinstance(model, CDEModel) or source != manifest.get("model"):
+        engine = _driver_model(model, revision)
+        if context is not None:
+            engine.check_context(context)
+    folder.write_manifest({**manifest, **record})
+    folder.write_input(chunks, rows_per_shard)
+    if context is None:  # the chunks are here already: fit as `cde-rag index` does
+        context = engine.fit_context([c.text for c in chunks], seed=seed)
+        folder.save_context(context)
+    already = _written_ids(folder, [c.id for c in chunks])
+    embedded = _embed_into(
+        folder,
+        address,
+        source,
+        revision,
+        total=len(chunks),
+        already=already,
+        show_progress=show_progress,
+        rows_per_shard=rows_per_shard,
+        actors=actors,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        dtype=dtype,
+        batch_size=batch_size,
+    )
+    rows, failed = folder.count_rows()
+    folder.write_manifest(
+        {
+            **record,
+            "model_fingerprint": context.model_fingerprint,
+            "context": context.fingerprint,
+            "dim": context.dim,
+            "rows": rows,
+            "failed": failed,
+            "complete": True,
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
     return RayIndexReport(
         out=folder.location,
         files=len(loaded.documents),
@@ -528,9 +523,9 @@ def _check_same_chunking(
 
 def _embed_into(
     folder: EmbeddingsFolder,
+    address: str | None,
     model: str,
     revision: str | None,
-    context: CorpusContext,
     *,
     total: int,
     already: int,
@@ -547,51 +542,63 @@ def _embed_into(
     from ray.data.checkpoint import CheckpointConfig
 
     if already == total:
-        return 0  # nothing to embed: do not start a job (and its actors) to learn that
-    inputs = ray.data.read_parquet(folder.uri(INPUT))
-    inputs.context.checkpoint_config = CheckpointConfig(
-        id_column="id",
-        checkpoint_path=folder.uri(CHECKPOINT),
-        delete_checkpoint_on_success=False,  # it is what makes the next run skip these rows
-    )
-    inputs.context.enable_progress_bars = False  # one bar for the whole job, below
-    counter = RowCounter.remote()
-    embedded = embed_dataset(
-        inputs.repartition(target_num_rows_per_block=rows_per_shard),
-        model,
-        folder.uri(CONTEXT),
-        revision=revision,
-        counter=counter,
-        **options,
-    )
+        return 0  # nothing to embed: do not start Ray and a job (and actors) to learn that
+    started = _connect(address)
+    quiet = _QuietRayData()
+    try:
+        inputs = ray.data.read_parquet(folder.uri(INPUT))
+        inputs.context.checkpoint_config = CheckpointConfig(
+            id_column="id",
+            checkpoint_path=folder.uri(CHECKPOINT),
+            delete_checkpoint_on_success=False,  # it is what makes the next run skip these rows
+        )
+        inputs.context.enable_progress_bars = False  # one bar for the whole job, below
+        counter = RowCounter.remote()
+        embedded = embed_dataset(
+            inputs.repartition(target_num_rows_per_block=rows_per_shard),
+            model,
+            folder.uri(CONTEXT),
+            revision=revision,
+            counter=counter,
+            **options,
+        )
+        bar = tqdm(
+            total=total,
+            initial=already,
+            desc="Embedding on Ray" + (f" ({already} already written)" if already else ""),
+            unit="chunk",
+            disable=show_progress is False,
+        )
+        try:
+            return _write_following(embedded, folder.uri(DATA), counter, bar)
+        finally:
+            bar.close()
+    finally:
+        quiet.restore()
+        if started:
+            ray.shutdown()
+
+
+def _write_following(embedded: ray.data.Dataset, target: str, counter: Any, bar: Any) -> int:
+    """Write the dataset as Parquet in a thread while the bar follows the rows embedded."""
     failure: list[BaseException] = []
 
     def write() -> None:
         try:
-            embedded.write_parquet(folder.uri(DATA))
+            embedded.write_parquet(target)
         except BaseException as exc:
             failure.append(exc)
 
     writer = threading.Thread(target=write, name="cde-rag-ray-write", daemon=True)
-    bar = tqdm(
-        total=total,
-        initial=already,
-        desc="Embedding on Ray" + (f" ({already} already written)" if already else ""),
-        unit="chunk",
-        disable=show_progress is False,
-    )
-    done = 0
-    try:
-        writer.start()
-        while writer.is_alive():
-            writer.join(0.5)
-            now = ray.get(counter.total.remote())
-            if now != done:
-                done = now
-                bar.n = already + done
-                bar.refresh()
-    finally:
-        bar.close()
+    writer.start()
+    start, done = bar.n, 0
+    while writer.is_alive():
+        writer.join(0.5)
+        now = ray.get(counter.total.remote())
+        if now != done:
+            done = now
+            bar.n = start + done
+            bar.refresh()
     if failure:
         raise failure[0]
     return done
