@@ -27,21 +27,7 @@ from cde_rag.embeddings_folder import EmbeddingsFolder, EmbeddingsFolderError  #
 from cde_rag.errors import ContextMismatchError  # noqa: E402
 
 CHUNKING = {"chunk_size": 200, "chunk_overlap": 20}
-WORDS = [
-    "river",
-    "bank",
-    "loan",
-    "interest",
-    "water",
-    "fish",
-    "money",
-    "stream",
-    "deposit",
-    "current",
-    "credit",
-    "flood",
-    "boat",
-]
+WORDS = ("river", "bank", "loan", "water", "fish", "money", "stream", "flood", "boat", "credit")
 
 
 @pytest.fixture(scope="session")
