@@ -36,6 +36,7 @@ def ray_address():
     takes every CPU would leave none for Ray Data's read and write tasks (a deadlock)."""
     started = not ray.is_initialized()
     if started:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network here
         ray.init(
             num_cpus=4,
             include_dashboard=False,
@@ -127,6 +128,19 @@ def test_embed_dataset_equals_engine_and_reports_bad_rows(ray_address, tmp_path,
     assert out[40]["error"].startswith("'text' has a lone UTF-16 surrogate (U+D800)")
     assert out[41]["embedding"] is None
     assert out[41]["error"].startswith("'text' is NoneType, not str")
+
+
+def test_embed_dataset_bfloat16_actors_stay_close_to_float32(ray_address, tiny_model, tiny_context):
+    texts = sentences(12)
+    ds = ray.data.from_items([{"text": t, "key": i} for i, t in enumerate(texts)])
+    out = sorted(
+        cde_ray.embed_dataset(ds, tiny_model, tiny_context, dtype="bfloat16").take_all(),
+        key=lambda row: row["key"],
+    )
+    fast = np.stack([np.asarray(row["embedding"]) for row in out])
+    exact = tiny_model.embed_documents(texts, context=tiny_context)
+    assert fast.shape == exact.shape and not np.allclose(fast, exact, atol=1e-6)  # really bf16
+    assert (np.sum(fast * exact, axis=1) / np.linalg.norm(fast, axis=1)).min() > 0.99
 
 
 def test_embed_dataset_refuses_a_context_of_another_model(

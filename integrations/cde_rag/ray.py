@@ -338,7 +338,9 @@ def _model_source(model: ModelLike, revision: str | None) -> tuple[str, str | No
     return (str(local.resolve()) if local.is_dir() else name), revision
 
 
-def _context_file(context: ContextLike, context_path: str | os.PathLike[str] | None):
+def _context_file(
+    context: ContextLike, context_path: str | os.PathLike[str] | None
+) -> tuple[CorpusContext, str]:
     """`(context, location)`: the file each actor reads the context from."""
     if not isinstance(context, CorpusContext):
         location = os.fspath(context)
@@ -634,12 +636,13 @@ def _connect(address: str | None) -> bool:
 
 
 class _QuietRayData:
-    """Ray Data logs every execution plan at INFO; the job's own bar says what happens."""
+    """Ray Data logs every execution plan, and a warning that its bars are off; the job's own
+    bar says what happens, and errors still surface."""
 
     def __init__(self) -> None:
         self.logger = logging.getLogger("ray.data")
         self.level = self.logger.level
-        self.logger.setLevel(logging.WARNING)
+        self.logger.setLevel(logging.ERROR)
 
     def restore(self) -> None:
         self.logger.setLevel(self.level)

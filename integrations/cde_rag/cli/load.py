@@ -12,6 +12,10 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..lancedb_store import LoadReport
 
 HELP = "load an embeddings folder (from a Ray job) into LanceDB"
 
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_lancedb(args: argparse.Namespace):
+def _load_lancedb(args: argparse.Namespace) -> LoadReport:
     from ..lancedb_store import check_table_name, load_embeddings
 
     check_table_name(args.collection)
