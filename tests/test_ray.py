@@ -130,6 +130,18 @@ def test_embed_dataset_equals_engine_and_reports_bad_rows(ray_address, tmp_path,
     assert out[41]["error"].startswith("'text' is NoneType, not str")
 
 
+def test_embed_dataset_refuses_bad_options_before_any_job(ray_address, tiny_model, tiny_context):
+    ds = ray.data.from_items([{"body": "a"}])
+    for options, message in [
+        ({"actors": 0}, "actors must be a positive pool size"),
+        ({"actors": (3, 1)}, r"actors must be .*\(min, max\)"),
+        ({"dtype": "int8"}, "Unknown dtype 'int8'"),
+        ({}, "no column 'text'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            cde_ray.embed_dataset(ds, tiny_model, tiny_context, **options)
+
+
 def test_embed_dataset_bfloat16_actors_stay_close_to_float32(ray_address, tiny_model, tiny_context):
     texts = sentences(12)
     ds = ray.data.from_items([{"text": t, "key": i} for i, t in enumerate(texts)])

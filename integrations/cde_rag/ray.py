@@ -54,7 +54,7 @@ from .embeddings_folder import (
     write_bytes,
 )
 from .errors import ContextMismatchError, InputError
-from .model import CDEModel, DTypeLike, check_texts, shared_model
+from .model import CDEModel, DTypeLike, check_texts, resolve_dtype, shared_model
 
 DEFAULT_MODEL = "jxm/cde-small-v2"
 ModelLike = str | os.PathLike[str] | CDEModel
@@ -210,6 +210,8 @@ def embed_dataset(
     receives the number of rows of every batch.
     """
     source, revision = _model_source(model, revision)
+    compute = _pool(actors)
+    dtype_name = str(resolve_dtype(dtype)).removeprefix("torch.")  # refuses an unknown dtype
     ctx, uri = _context_file(context, context_path)
     if isinstance(model, CDEModel):
         model.check_context(ctx)
@@ -224,14 +226,14 @@ def embed_dataset(
             "context_fingerprint": ctx.fingerprint,
             "text_column": text_column,
             "device": device,
-            "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+            "dtype": dtype_name,
             "batch_size": model_batch_size,
             "threads": max(1, int(num_cpus)),
             "counter": counter,
         },
         batch_format="pyarrow",
         batch_size=batch_size,
-        compute=_pool(actors),
+        compute=compute,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
     )
