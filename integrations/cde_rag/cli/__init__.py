@@ -16,7 +16,7 @@ from types import ModuleType
 
 from ..errors import CDEError
 
-COMMANDS = ("index", "query", "context", "serve", "demo", "bench", "eval")
+COMMANDS = ("index", "query", "load", "context", "serve", "demo", "bench", "eval")
 DEBUG_ENV = "CDE_RAG_DEBUG"
 
 

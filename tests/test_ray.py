@@ -1,0 +1,392 @@
+"""Scaling out on Ray Data: the distributed fit, the actor pool, the resumable folder job, and
+loading its output into LanceDB. One local Ray (4 logical CPUs, small pools) for the session."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("lancedb")
+
+from cde_rag import ray as cde_ray  # noqa: E402
+from cde_rag.documents import chunk_documents, load_documents  # noqa: E402
+from cde_rag.embeddings_folder import EmbeddingsFolder, EmbeddingsFolderError  # noqa: E402
+from cde_rag.errors import ContextMismatchError  # noqa: E402
+
+CHUNKING = {"chunk_size": 200, "chunk_overlap": 20}
+WORDS = ("river", "bank", "loan", "water", "fish", "money", "stream", "flood", "boat", "credit")
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """One local Ray for the whole session. More logical CPUs than cores: an actor pool that
+    takes every CPU would leave none for Ray Data's read and write tasks (a deadlock)."""
+    started = not ray.is_initialized()
+    if started:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network here
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            object_store_memory=256 * 1024**2,
+        )
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+def write_corpus(folder: Path, files: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        paragraphs = [" ".join(rng.choice(WORDS) for _ in range(50)) + "." for _ in range(3)]
+        (folder / f"doc{i:02d}.{'md' if i % 2 else 'txt'}").write_text("\n\n".join(paragraphs))
+    (folder / "binary.txt").write_bytes(b"\x00\x01" * 50)  # skipped, as by cde-rag index
+    return folder
+
+
+def local_chunks(folder: Path):
+    return chunk_documents(load_documents([folder]).documents, **CHUNKING)
+
+
+def parquet_dataset(tmp_path: Path, texts: list[str], per_file: int):
+    """Texts in several Parquet files (several row groups each), read back by Ray."""
+    folder = tmp_path / f"parquet-{len(texts)}"
+    folder.mkdir()
+    for number, start in enumerate(range(0, len(texts), per_file)):
+        part = texts[start : start + per_file]
+        table = pa.table({"text": part, "row": list(range(start, start + len(part)))})
+        pq.write_table(table, folder / f"part-{number:03d}.parquet", row_group_size=3)
+    return ray.data.read_parquet(str(folder))
+
+
+def sentences(n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{i}: " + " ".join(rng.choice(WORDS) for _ in range(8)) for i in range(n)]
+
+
+# -- fit_context ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["fewer", "equal", "more"])
+def test_distributed_fit_equals_local_fit(ray_address, tmp_path, tiny_model, size):
+    n = {"fewer": 11, "equal": tiny_model.corpus_size, "more": 4 * tiny_model.corpus_size}[size]
+    texts = sentences(n)
+    if size == "fewer":  # several blocks, not files
+        ds = ray.data.from_items([{"text": t} for t in texts], override_num_blocks=3)
+    else:
+        ds = parquet_dataset(tmp_path, texts, per_file=7)
+    fitted = cde_ray.fit_context(ds, tiny_model, seed=7)
+    local = tiny_model.fit_context(texts, seed=7)
+    assert fitted.minicorpus == local.minicorpus
+    np.testing.assert_allclose(fitted.embeddings, local.embeddings, atol=1e-6)
+    assert (fitted.kind, fitted.seed, fitted.source_size) == ("fitted", 7, n)
+    assert fitted.fingerprint == local.fingerprint
+
+
+def test_fit_refuses_a_missing_column_and_an_empty_dataset(ray_address, tiny_model):
+    ds = ray.data.from_items([{"body": "a"}])
+    with pytest.raises(ValueError, match="no column 'text'.*'body'.*text_column="):
+        cde_ray.fit_context(ds, tiny_model)
+    with pytest.raises(ValueError, match="empty corpus"):
+        cde_ray.fit_context(ds.limit(0), tiny_model, text_column="body")
+
+
+# -- embed_dataset -------------------------------------------------------------------------------
+
+
+def test_embed_dataset_equals_engine_and_reports_bad_rows(ray_address, tmp_path, tiny_model):
+    texts = sentences(40)
+    context = tiny_model.fit_context(texts)
+    bad = {40: "lone \ud800 surrogate", 41: None}
+    rows = [{"text": t, "key": i} for i, t in enumerate(texts)]
+    rows += [{"text": text, "key": i} for i, text in bad.items()]
+    ds = ray.data.from_items(rows, override_num_blocks=4)
+    out = cde_ray.embed_dataset(ds, tiny_model, context, actors=(1, 2), batch_size=8).take_all()
+
+    out.sort(key=lambda row: row["key"])
+    assert [row["key"] for row in out] == list(range(42))
+    expected = tiny_model.embed_documents(texts, context=context)
+    got = np.stack([np.asarray(row["embedding"], dtype=np.float32) for row in out[:40]])
+    assert got.shape == (40, tiny_model.dim)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert all(row["error"] is None for row in out[:40])
+    assert out[40]["embedding"] is None
+    assert out[40]["error"].startswith("'text' has a lone UTF-16 surrogate (U+D800)")
+    assert out[41]["embedding"] is None
+    assert out[41]["error"].startswith("'text' is NoneType, not str")
+
+
+def test_embed_dataset_refuses_bad_options_before_any_job(ray_address, tiny_model, tiny_context):
+    ds = ray.data.from_items([{"body": "a"}])
+    for options, message in [
+        ({"actors": 0}, "actors must be a positive pool size"),
+        ({"actors": (3, 1)}, r"actors must be .*\(min, max\)"),
+        ({"dtype": "int8"}, "Unknown dtype 'int8'"),
+        ({}, "no column 'text'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            cde_ray.embed_dataset(ds, tiny_model, tiny_context, **options)
+
+
+def test_embed_dataset_bfloat16_actors_stay_close_to_float32(ray_address, tiny_model, tiny_context):
+    texts = sentences(12)
+    ds = ray.data.from_items([{"text": t, "key": i} for i, t in enumerate(texts)])
+    out = sorted(
+        cde_ray.embed_dataset(ds, tiny_model, tiny_context, dtype="bfloat16").take_all(),
+        key=lambda row: row["key"],
+    )
+    fast = np.stack([np.asarray(row["embedding"]) for row in out])
+    exact = tiny_model.embed_documents(texts, context=tiny_context)
+    assert fast.shape == exact.shape and not np.allclose(fast, exact, atol=1e-6)  # really bf16
+    assert (np.sum(fast * exact, axis=1) / np.linalg.norm(fast, axis=1)).min() > 0.99
+
+
+def test_embed_dataset_refuses_a_context_of_another_model(
+    ray_address, tmp_path, tiny_model, tiny_path, make_checkpoint
+):
+    from cde_rag import CDEModel
+
+    other = CDEModel.from_pretrained(
+        make_checkpoint("other", edit_weights=lambda w: {k: v * 1.01 for k, v in w.items()}),
+        device="cpu",
+    )
+    foreign = other.fit_context(sentences(5))
+    ds = ray.data.from_items([{"text": "a"}])
+    with pytest.raises(ContextMismatchError, match="made by model"):
+        cde_ray.embed_dataset(ds, tiny_model, foreign)
+    # By path, the actors check it: the job fails with the same error, nothing is embedded.
+    path = foreign.save(tmp_path / "foreign.safetensors")
+    with pytest.raises(Exception, match="ContextMismatchError"):
+        cde_ray.embed_dataset(ds, tiny_path, path).take_all()
+
+
+# -- the folder job: killed, resumed, run again ----------------------------------------------------
+
+JOB = (
+    """
+import sys, ray
+ray.init(address=sys.argv[1], logging_level="WARNING",
+         runtime_env={"env_vars": {"%s": "1"}})  # one second per batch: time to kill it
+from cde_rag.ray import index_folder
+index_folder(sys.argv[2], sys.argv[3], sys.argv[4], chunk_size=200, chunk_overlap=20,
+             rows_per_shard=6, batch_size=6, show_progress=False)
+"""
+    % cde_ray.EMBED_DELAY_ENV
+)
+JOB_OPTIONS = {**CHUNKING, "rows_per_shard": 6, "batch_size": 6, "show_progress": False}
+
+
+def committed_ids(out: Path) -> list[str]:
+    """Ids in Ray Data's committed checkpoint files (pending ones are redone on resume)."""
+    files = [
+        f
+        for f in (out / "_checkpoint").glob("*.parquet")
+        if not f.name.endswith(".pending.parquet")
+    ]
+    return [i for f in files for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def job(ray_address, tmp_path_factory, tiny_path):
+    """A job killed (-9) after its first committed shard, resumed, then run once more."""
+    root = tmp_path_factory.mktemp("ray-job")
+    docs, out = write_corpus(root / "docs", files=8), root / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-c", JOB, ray_address, str(docs), str(out), tiny_path],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not committed_ids(out):
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the job wrote nothing in 300 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+    time.sleep(3)  # Ray stops the dead driver's workers
+    killed_with = len(committed_ids(out))
+    resumed = cde_ray.index_folder(docs, out, tiny_path, **JOB_OPTIONS)
+    again = cde_ray.index_folder(docs, out, **JOB_OPTIONS)
+    return {
+        "docs": docs,
+        "out": out,
+        "killed_with": killed_with,
+        "resumed": resumed,
+        "again": again,
+    }
+
+
+def output_rows(out: Path) -> pa.Table:
+    return pq.read_table(out / "data")
+
+
+@pytest.mark.slow
+def test_resumed_job_embeds_only_the_missing_rows(job):
+    resumed, again = job["resumed"], job["again"]
+    assert 0 < job["killed_with"] <= resumed.already < resumed.chunks
+    assert resumed.embedded == resumed.chunks - resumed.already
+    assert resumed.new_context is False  # fitted by the killed run, kept
+    assert (again.embedded, again.already, again.rows) == (0, again.chunks, again.chunks)
+    assert again.context == resumed.context
+
+
+@pytest.mark.slow
+def test_job_writes_the_ids_vectors_and_context_of_a_local_index(job, tiny_model):
+    chunks = local_chunks(job["docs"])
+    rows = output_rows(job["out"])
+    ids = rows.column("id").to_pylist()
+    assert sorted(ids) == sorted(c.id for c in chunks)  # each chunk exactly once
+    context = tiny_model.fit_context([c.text for c in chunks])  # as cde-rag index fits it
+    assert job["again"].context == context.fingerprint
+    by_id = {c.id: c for c in chunks}
+    expected = tiny_model.embed_documents([by_id[i].text for i in ids], context=context)
+    got = np.stack(rows.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert rows.column("error").null_count == len(ids)
+    first = rows.slice(0, 1).to_pylist()[0]
+    chunk = by_id[first["id"]]
+    assert (first["source"], first["chunk"], first["text"]) == (
+        chunk.source,
+        chunk.index,
+        chunk.text,
+    )
+    assert json.loads(first["metadata"]) == chunk.metadata
+    manifest = EmbeddingsFolder(job["out"]).complete_manifest()
+    assert (manifest["rows"], manifest["failed"], manifest["dim"]) == (
+        len(chunks),
+        0,
+        tiny_model.dim,
+    )
+    assert manifest["context"] == context.fingerprint
+
+
+@pytest.mark.slow
+def test_job_refuses_another_chunking_of_the_same_folder(job):
+    before = (job["out"] / "manifest.json").read_bytes()
+    with pytest.raises(
+        EmbeddingsFolderError, match="chunk size 200 and overlap 20; this run uses 300"
+    ):
+        cde_ray.index_folder(job["docs"], job["out"], chunk_size=300, chunk_overlap=20)
+    assert (job["out"] / "manifest.json").read_bytes() == before
+
+
+# -- LanceDB -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_lancedb_load_twice_then_search_finds_its_own_chunk(job, tmp_path, tiny_model, capsys):
+    from cde_rag import lancedb_store
+    from cde_rag.cli import main
+
+    uri, n = str(tmp_path / "lance"), job["again"].rows
+    first = lancedb_store.load_embeddings(job["out"], uri, "docs", show_progress=False)
+    assert (first.added, first.rows, first.new_table, first.failed) == (n, n, True, 0)
+    capsys.readouterr()
+    assert main(["load", str(job["out"]), "--lancedb", uri, "-c", "docs", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert (second["added"], second["rows"], second["new_table"]) == (0, n, False)
+
+    chunks = local_chunks(job["docs"])
+    store = lancedb_store.open_store(uri, "docs")
+    assert store.context.fingerprint == job["again"].context
+    for chunk in chunks[::7]:
+        hits = lancedb_store.search(uri, "docs", chunk.text, k=3)
+        assert hits[0].id == chunk.id
+        assert (hits[0].source, hits[0].chunk, hits[0].text) == (
+            chunk.source,
+            chunk.index,
+            chunk.text,
+        )
+        assert hits[0].metadata == chunk.metadata and [h.rank for h in hits] == [1, 2, 3]
+    question = "mortgage interest at the river bank"
+    hits = lancedb_store.search(uri, "docs", question, k=5)
+    vectors = tiny_model.embed_documents([c.text for c in chunks], context=store.context)
+    scores = vectors @ tiny_model.embed_queries([question], context=store.context)[0]
+    best = np.argsort(-scores, kind="stable")[:5]
+    assert [h.id for h in hits] == [chunks[i].id for i in best]
+    np.testing.assert_allclose([h.score for h in hits], scores[best], atol=1e-4)
+    source = chunks[0].source
+    only = lancedb_store.search(uri, "docs", question, k=50, source=source)
+    assert only and {h.source for h in only} == {source}
+
+
+@pytest.mark.slow
+def test_lancedb_refuses_mixed_contexts_and_unfinished_folders(
+    job, tmp_path, tiny_model, make_checkpoint
+):
+    import shutil
+
+    import lancedb
+
+    from cde_rag import CDEModel, lancedb_store
+
+    uri, n = str(tmp_path / "lance"), job["again"].rows
+    lancedb_store.load_embeddings(job["out"], uri, "docs", show_progress=False)
+    # Another corpus's output (another context) into the same table: refused, nothing added.
+    other = tmp_path / "other"
+    shutil.copytree(job["out"], other)
+    foreign = tiny_model.fit_context(["another", "corpus"])
+    EmbeddingsFolder(other).save_context(foreign)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "context": foreign.fingerprint}))
+    with pytest.raises(ContextMismatchError, match="mixing them"):
+        lancedb_store.load_embeddings(other, uri, "docs", show_progress=False)
+    assert lancedb_store.open_store(uri, "docs").table.count_rows() == n
+    # An unfinished job's folder is refused.
+    (other / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(EmbeddingsFolderError, match="has not finished"):
+        lancedb_store.load_embeddings(other, uri, "fresh", show_progress=False)
+    # A query with a model that did not make the context is refused.
+    variant = CDEModel.from_pretrained(
+        make_checkpoint("variant", edit_weights=lambda w: {k: v * 1.01 for k, v in w.items()}),
+        device="cpu",
+    )
+    with pytest.raises(ContextMismatchError, match="made by model"):
+        lancedb_store.search(uri, "docs", "river", model=variant)
+    # A context swapped in beside the table is caught at query time.
+    db = lancedb.connect(uri)
+    row = db.open_table("docs-cde-context").to_arrow().to_pylist()[0]
+    db.drop_table("docs-cde-context")
+    row.update(context=foreign.to_bytes(), fingerprint=foreign.fingerprint)
+    db.create_table("docs-cde-context", data=[row])
+    with pytest.raises(ContextMismatchError, match="records context"):
+        lancedb_store.search(uri, "docs", "river")
+
+
+def test_load_command_usage_and_one_line_errors(tmp_path, capsys):
+    from cde_rag.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["load", "--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert "--lancedb URI" in usage and "--collection NAME" in usage
+    with pytest.raises(SystemExit) as exit_info:
+        main(["load", str(tmp_path), "--collection", "docs"])  # no target
+    assert exit_info.value.code == 2
+    assert "one of the arguments --lancedb is required" in capsys.readouterr().err
+    lance = str(tmp_path / "lance")
+    assert main(["load", str(tmp_path), "--lancedb", lance, "-c", "docs"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cde-rag load: error: ") and "has no manifest.json" in err
+    assert main(["load", str(tmp_path), "--lancedb", lance, "-c", "bad name"]) == 1
+    assert "Invalid LanceDB table name 'bad name'" in capsys.readouterr().err
+    assert not (tmp_path / "lance").exists()  # nothing was created for a refused load
