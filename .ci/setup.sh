@@ -44,7 +44,7 @@ if [ ! -x "$venv/bin/python" ]; then
 else
   step 1 "Using the virtualenv $venv"
 fi
-"$venv/bin/python" -m pip --disable-pip-version-check install -q --upgrade pip
+pip_install -q --upgrade pip
 
 if installed torch; then
   step 2 "torch is already installed: $("$venv/bin/python" -m pip show torch | sed -n 's/^Version: //p')"

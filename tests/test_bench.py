@@ -40,6 +40,7 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_every_figure_with_ratios(quick_report):
     report, _ = quick_report
     for block in ("first_stage", "second_stage"):
@@ -60,6 +61,7 @@ def test_quick_bench_writes_every_figure_with_ratios(quick_report):
     assert report["model"]["corpus_size"] == 32 and report["model"]["random_weights"] is False
 
 
+@pytest.mark.slow
 def test_quick_bench_outputs_agree_across_modes(quick_report):
     accuracy = quick_report[0]["accuracy"]
     # The engine's exact mode computes what the model card's code computes.
@@ -69,6 +71,7 @@ def test_quick_bench_outputs_agree_across_modes(quick_report):
     assert accuracy["fast_vs_exact_first_stage_min_cosine"] >= 0.999
 
 
+@pytest.mark.slow
 def test_quick_bench_reports_caches_and_memory(quick_report):
     report, stdout = quick_report
     caches = report["caches"]
@@ -79,6 +82,7 @@ def test_quick_bench_reports_caches_and_memory(quick_report):
     assert "| Second stage, mixed lengths (docs/s) |" in stdout and "Machine:" in stdout
 
 
+@pytest.mark.slow
 def test_quick_bench_reports_chunking_throughput(quick_report):
     report, stdout = quick_report
     chunking = report["chunking"]

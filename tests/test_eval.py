@@ -296,6 +296,7 @@ def test_real_command_reports_a_missing_folder_in_one_line(tmp_path):
 # -- evaluation with the tiny model -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_metrics_checked_by_hand_on_the_produced_rankings(tiny_model, data_dir):
     from cde_rag.langchain import CDEEmbeddings
 
@@ -387,6 +388,7 @@ def test_killed_run_resumes_and_embeds_only_the_rest(tiny_model, data_dir, tmp_p
     assert len(list((tmp_path / "cache" / "contexts").iterdir())) == 1  # fitted once, reloaded
 
 
+@pytest.mark.slow
 def test_baseline_vectors_are_reused_only_by_the_same_embedder(tiny_model, data_dir, tmp_path):
     from cde_rag.langchain import CDEEmbeddings
 
@@ -402,6 +404,7 @@ def test_baseline_vectors_are_reused_only_by_the_same_embedder(tiny_model, data_
     assert runs[2].metrics == runs[0].metrics
 
 
+@pytest.mark.slow
 def test_cli_writes_json_plot_and_table_with_seeds_and_fallback(
     tiny_path, data_dir, tmp_path, capsys
 ):
@@ -447,6 +450,7 @@ def test_cli_writes_json_plot_and_table_with_seeds_and_fallback(
     assert (out / "cache" / "embeddings.sqlite").is_file()
 
 
+@pytest.mark.slow
 def test_sample_dataset_ships_with_the_package_and_runs_with_phase_lines(
     tiny_path, tmp_path, capsys
 ):
