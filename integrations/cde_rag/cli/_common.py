@@ -104,30 +104,35 @@ def chroma_url(value: str) -> str:
 
 
 def add_model_arguments(
-    parser: argparse.ArgumentParser, *, default: str | None = DEFAULT_MODEL
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = DEFAULT_MODEL,
+    model_help: str | None = None,
+    dtype: bool = True,
 ) -> None:
-    """--model, --revision, --device, --dtype. `default=None` means: the one stored with the
-    collection (commands that open an existing collection)."""
+    """--model, --revision, --device and (with `dtype`) --dtype. `default=None` means: the one
+    stored with the collection (commands that open an existing collection), unless
+    `model_help` says what it means for the command."""
+    if model_help is None:
+        model_help = (
+            f"hub id or local checkpoint folder (default: {default})"
+            if default
+            else "hub id or local checkpoint folder (default: the one the collection was "
+            f"indexed with; {DEFAULT_MODEL} when `index` creates the collection)"
+        )
     group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        default=default,
-        metavar="ID_OR_PATH",
-        help=f"hub id or local checkpoint folder (default: {default})"
-        if default
-        else "hub id or local checkpoint folder (default: the one the collection was indexed "
-        f"with; {DEFAULT_MODEL} when `index` creates the collection)",
-    )
+    group.add_argument("--model", default=default, metavar="ID_OR_PATH", help=model_help)
     group.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     group.add_argument(
         "--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if present)"
     )
-    group.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16"],
-        help="float32 (exact, default) or bfloat16 (fast mode on GPUs)",
-    )
+    if dtype:
+        group.add_argument(
+            "--dtype",
+            default=None,
+            choices=["float32", "bfloat16"],
+            help="float32 (exact, default) or bfloat16 (fast mode on GPUs)",
+        )
 
 
 def load_model(args: argparse.Namespace, default: str = DEFAULT_MODEL) -> CDEModel:

@@ -1,8 +1,9 @@
-"""Measure the engine beside the model card's way: fit speed, throughput, latency, memory;
-and how fast documents are chunked, on prose and on repetitive text.
+"""Measure the engine beside the model card's way, and how fast documents are chunked.
 
-Without --model, builds (once, cached) a checkpoint with cde-small-v2's real sizes and random
-weights: speed does not depend on weight values, and nothing is downloaded.
+Fit speed, throughput, latency and memory of exact and fast mode; chunking MB/s on prose and
+on repetitive text. Without --model, builds (once, cached) a checkpoint with cde-small-v2's
+real sizes and random weights: speed does not depend on weight values, and nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -10,21 +11,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import UsageError, positive_float, positive_int
+from ._common import UsageError, add_model_arguments, positive_float, positive_int
 
 HELP = "benchmark exact (fp32) and fast (bf16) modes against the model card's way, and chunking"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
+    # Both dtypes are measured (exact and fast mode): no --dtype.
+    add_model_arguments(
+        parser,
         default=None,
-        metavar="ID_OR_PATH",
-        help="checkpoint to measure (default: a locally built cde-small-v2-sized checkpoint "
-        "with random weights)",
+        model_help="checkpoint to measure (default: a locally built cde-small-v2-sized "
+        "checkpoint with random weights)",
+        dtype=False,
     )
-    parser.add_argument("--revision", default=None, help="hub revision of --model")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.add_argument(
         "--quick",
         action="store_true",
