@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the test suite needs on a fresh Debian machine, then the whole suite.
-#   bash tests/run.sh [PYTEST ARGS]
+#   bash tests/run.sh [PYTEST ARGS]      e.g. -m "not slow" for the fast subset
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

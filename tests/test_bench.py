@@ -1,5 +1,6 @@
 """`cde-rag bench` runs end to end on the tiny checkpoint and reports every figure; its
-checkpoint builder and text builder do what they promise. No timing is asserted."""
+checkpoint builder, text builder and chunking measure do what they promise. No timing is
+asserted: the chunking measure's budget is tested with chunkers of known cost."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from cde_rag import CDEModel
 from cde_rag.bench import build_checkpoint, texts_of_lengths
+from cde_rag.bench_chunking import MB, START_BYTES, chunking_throughput, measure
 
 MODES = ("baseline", "exact", "fast")
 
@@ -38,6 +40,7 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_every_figure_with_ratios(quick_report):
     report, _ = quick_report
     for block in ("first_stage", "second_stage"):
@@ -58,6 +61,7 @@ def test_quick_bench_writes_every_figure_with_ratios(quick_report):
     assert report["model"]["corpus_size"] == 32 and report["model"]["random_weights"] is False
 
 
+@pytest.mark.slow
 def test_quick_bench_outputs_agree_across_modes(quick_report):
     accuracy = quick_report[0]["accuracy"]
     # The engine's exact mode computes what the model card's code computes.
@@ -67,6 +71,7 @@ def test_quick_bench_outputs_agree_across_modes(quick_report):
     assert accuracy["fast_vs_exact_first_stage_min_cosine"] >= 0.999
 
 
+@pytest.mark.slow
 def test_quick_bench_reports_caches_and_memory(quick_report):
     report, stdout = quick_report
     caches = report["caches"]
@@ -77,10 +82,62 @@ def test_quick_bench_reports_caches_and_memory(quick_report):
     assert "| Second stage, mixed lengths (docs/s) |" in stdout and "Machine:" in stdout
 
 
-def test_bad_sizes_are_one_line_errors(tiny_path):
+@pytest.mark.slow
+def test_quick_bench_reports_chunking_throughput(quick_report):
+    report, stdout = quick_report
+    chunking = report["chunking"]
+    assert (chunking["chunk_size"], chunking["chunk_overlap"]) == (1000, 150)
+    inputs = chunking["inputs"]
+    assert set(inputs) == {"prose", "one_char", "zero_comma"}
+    for result in inputs.values():
+        assert _positive(result["mb_per_s"]) and result["chunks"] >= 1
+        assert result["mb_per_s"] == pytest.approx(result["bytes"] / MB / result["seconds"], 0.01)
+        assert result["runs"][0]["bytes"] == START_BYTES and result["runs"][-1]["bytes"] <= MB // 4
+    assert inputs["prose"]["reached_max"] and inputs["prose"]["bytes"] == MB // 4  # --quick
+    for name in ("one_char", "zero_comma"):
+        expected = inputs["prose"]["mb_per_s"] / inputs[name]["mb_per_s"]
+        assert chunking["prose_vs"][name] == pytest.approx(expected, rel=0.01)
+    assert "| Chunking (1000/150 characters) | Prose | One repeated character |" in stdout
+    assert "| MB/s |" in stdout and "| Prose vs this (x) | 1 |" in stdout
+
+
+def _sleeping_chunker(power: int, unit_s: float):
+    """A chunker whose cost is known: unit_s x (KB of text) ** power seconds."""
+    import time
+
+    def chunk(documents):
+        time.sleep(unit_s * (len(documents[0].text) / 1024) ** power)
+        return [documents[0]]
+
+    return chunk
+
+
+def test_chunking_measure_stops_before_a_superlinear_chunker_passes_the_budget():
+    # Cubic: 1 KB 1 ms, 2 KB 8 ms, 4 KB 64 ms, 8 KB 0.5 s, 16 KB 4 s (never run).
+    result = measure("a", MB, 1.0, _sleeping_chunker(3, 0.001))
+    assert [run["bytes"] for run in result["runs"]] == [1024, 2048, 4096, 8192]
+    assert result["bytes"] == 8192 and not result["reached_max"]
+    assert sum(run["seconds"] for run in result["runs"]) < 1.0
+
+
+def test_chunking_measure_reaches_the_largest_size_when_it_is_cheap():
+    result = measure("0,", 64 * 1024, 5.0, _sleeping_chunker(1, 0.0001))
+    assert [run["bytes"] for run in result["runs"]] == [1024 * 2**i for i in range(7)]
+    assert result["reached_max"] and result["bytes"] == 64 * 1024
+
+
+def test_chunking_throughput_chunks_the_real_inputs():
+    report = chunking_throughput(max_mb=0.002, budget_s=30.0)
+    for name, result in report["inputs"].items():
+        assert result["bytes"] == int(0.002 * MB) and result["reached_max"], name
+        assert result["chunks"] >= 2  # 2 KB of text in chunks of at most 1000 characters
+
+
+def test_bad_sizes_are_usage_errors(tiny_path):
     done = _cli("--quick", "--model", tiny_path, "--docs", "0")
-    assert done.returncode == 1
-    assert "--docs must be at least 1" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2
+    assert "--docs: must be a positive integer, got 0" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_built_checkpoint_loads_and_is_reused(tmp_path, golden):

@@ -435,7 +435,9 @@ def test_cli_rejects_bad_options(tmp_path, tiny_path, capsys, monkeypatch):
     from cde_rag.cli import main
 
     args = ["demo", "--model", tiny_path, "--data", str(tmp_path / "d")]
-    assert main([*args, "--chunk-size", "100", "--chunk-overlap", "100"]) == 1
+    with pytest.raises(SystemExit) as exit_info:  # a usage error: exit 2, with the usage
+        main([*args, "--chunk-size", "100", "--chunk-overlap", "100"])
+    assert exit_info.value.code == 2
     assert "--chunk-overlap must be from 0 to --chunk-size - 1" in capsys.readouterr().err
     monkeypatch.setenv("CDE_RAG_LLM_MODEL", "m")
     monkeypatch.delenv("CDE_RAG_LLM_BASE_URL", raising=False)

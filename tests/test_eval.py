@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -183,8 +184,9 @@ def test_metric_and_option_checks():
     with pytest.raises(ValueError, match="Unknown metric"):
         check_metrics(["precisionn@5"], 100)
     assert parse_seeds("42, 1,2") == [42, 1, 2]
-    with pytest.raises(ValueError, match="comma-separated integers"):
-        parse_seeds("42;1")
+    for bad in ("42;1", "", "1,1", "-3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="comma-separated non-negative"):
+            parse_seeds(bad)
 
 
 def test_evaluate_refuses_empty_or_ambiguous_settings(tiny_model, data_dir):
@@ -294,6 +296,7 @@ def test_real_command_reports_a_missing_folder_in_one_line(tmp_path):
 # -- evaluation with the tiny model -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_metrics_checked_by_hand_on_the_produced_rankings(tiny_model, data_dir):
     from cde_rag.langchain import CDEEmbeddings
 
@@ -365,7 +368,7 @@ def test_killed_run_resumes_and_embeds_only_the_rest(tiny_model, data_dir, tmp_p
     with pytest.raises(KeyboardInterrupt):
         evaluate(tiny_model, data, **options)
     assert seen == [5, 5]
-    assert tiny_model.embedding_cache is None  # the run's cache was detached again
+    assert tiny_model.embedding_cache is None  # the run wraps the model, never modifies it
 
     seen.clear()
     fail_after = -1
@@ -385,6 +388,7 @@ def test_killed_run_resumes_and_embeds_only_the_rest(tiny_model, data_dir, tmp_p
     assert len(list((tmp_path / "cache" / "contexts").iterdir())) == 1  # fitted once, reloaded
 
 
+@pytest.mark.slow
 def test_baseline_vectors_are_reused_only_by_the_same_embedder(tiny_model, data_dir, tmp_path):
     from cde_rag.langchain import CDEEmbeddings
 
@@ -400,6 +404,7 @@ def test_baseline_vectors_are_reused_only_by_the_same_embedder(tiny_model, data_
     assert runs[2].metrics == runs[0].metrics
 
 
+@pytest.mark.slow
 def test_cli_writes_json_plot_and_table_with_seeds_and_fallback(
     tiny_path, data_dir, tmp_path, capsys
 ):
@@ -443,3 +448,44 @@ def test_cli_writes_json_plot_and_table_with_seeds_and_fallback(
     # Vectors and contexts were cached under the output folder by default.
     assert (out / "cache" / "contexts").is_dir() and any((out / "cache" / "vectors").iterdir())
     assert (out / "cache" / "embeddings.sqlite").is_file()
+
+
+@pytest.mark.slow
+def test_sample_dataset_ships_with_the_package_and_runs_with_phase_lines(
+    tiny_path, tmp_path, capsys
+):
+    from cde_rag.paths import asset
+
+    data = load_beir(evaluation.sample_path())
+    assert evaluation.sample_path() == asset("eval-sample")
+    assert (len(data.doc_ids), len(data.query_ids), data.name) == (26, 12, "eval-sample")
+    out = tmp_path / "report"
+    argv = ["eval", "--sample", "--model", tiny_path, "--device", "cpu", "--output", str(out)]
+    assert main([*argv, "--no-fallback"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"]["name"] == "eval-sample" and report["dataset"]["documents"] == 26
+    assert [s["name"] for s in report["settings"]] == ["fitted (seed 42)"]
+    phases = [line for line in captured.err.splitlines() if line.startswith("cde-rag eval: ")]
+    assert phases[:3] == [
+        "cde-rag eval: eval-sample (test): 26 documents, 12 queries",
+        "cde-rag eval: loading ranx, the metrics library (its first run compiles: up to a few "
+        "minutes)",
+        f"cde-rag eval: loading the model {tiny_path}",
+    ]
+    assert "cde-rag eval: fitted (seed 42): fitting the context on 26 documents" in phases
+    assert "cde-rag eval: fitted (seed 42): searching and scoring" in phases
+    ndcg = report["settings"][0]["metrics"]["ndcg@10"]
+    assert any(p.startswith("cde-rag eval: fitted (seed 42): nDCG@10 ") for p in phases)
+    assert f"nDCG@10 {ndcg:.4f}" in captured.err
+    # Bars, on stderr, for every phase that embeds (even a dataset this small).
+    assert "fitted (seed 42): documents: 100%" in captured.err
+    assert "fitted (seed 42): queries: 100%" in captured.err
+    assert captured.out.startswith("eval-sample (test): 26 documents, 12 queries")
+
+    # Run again: the context is reloaded, the vectors too.
+    assert main([*argv, "--no-fallback"]) == 0
+    err = capsys.readouterr().err
+    assert "cde-rag eval: fitted (seed 42): reloaded from " in err
+    again = json.loads((out / "report.json").read_text())["settings"][0]
+    assert (again["documents_embedded"], again["documents_reused"]) == (0, 26)

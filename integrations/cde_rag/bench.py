@@ -2,9 +2,9 @@
 
 Speed does not depend on weight values, so by default the benchmark builds (once, then reuses
 from a cache folder) a checkpoint with cde-small-v2's real sizes and random weights. The real
-tokenizer cannot be downloaded here, so the built checkpoint reuses the tiny test fixture's
-tokenizer, and texts are built to exact token counts: throughput is a function of token
-counts, not of which tokens they are.
+tokenizer cannot be downloaded here, so the built checkpoint uses a small tokenizer shipped in
+`cde_rag/assets/bench`, and texts are built to exact token counts: throughput is a function of
+token counts, not of which tokens they are.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from .bench_chunking import chunking_throughput, format_chunking
+from .paths import asset
+
 # cde-small-v2 = ModernBERT-base backbone twice, N = 512.
 REAL_SIZES: dict[str, int] = {
     "hidden_size": 768,
@@ -35,13 +38,17 @@ REAL_SIZES: dict[str, int] = {
     "max_position_embeddings": 8192,
     "corpus_size": 512,
 }
-TINY_FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "tiny-cde-v2"
+# `--quick` without a model: the same architecture, smaller, so a smoke run takes about a
+# minute; its figures check that everything runs, they do not describe cde-small-v2.
+QUICK_SIZES: dict[str, int] = {
+    **REAL_SIZES,
+    "hidden_size": 256,
+    "num_hidden_layers": 6,
+    "intermediate_size": 384,
+    "num_attention_heads": 4,
+    "corpus_size": 64,
+}
 BUILD_VERSION = "1"
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cde-rag" / "bench"
 
 
 def build_checkpoint(
@@ -53,7 +60,8 @@ def build_checkpoint(
 ) -> Path:
     """Write a cde-small-v2-shaped checkpoint with random weights to `folder` (reused if there).
 
-    `tokenizer_dir` holds the tokenizer files (default: the tiny fixture's backbone).
+    `tokenizer_dir` holds the tokenizer files and the backbone config the sizes are written
+    into (default: the ones shipped in `cde_rag/assets/bench/backbone`).
     """
     import torch
     from safetensors.torch import save_file
@@ -68,7 +76,7 @@ def build_checkpoint(
         folder / "bench-build.json"
     ).read_text() == stamp:
         return folder
-    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else TINY_FIXTURE / "backbone"
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else asset("bench", "backbone")
     backbone = folder / "backbone"
     backbone.mkdir(parents=True, exist_ok=True)
     raw = json.loads((tokenizer_dir / "config.json").read_text())
@@ -77,7 +85,7 @@ def build_checkpoint(
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tokenizer_dir / name).is_file():
             (backbone / name).write_bytes((tokenizer_dir / name).read_bytes())
-    contextual = json.loads((TINY_FIXTURE / "config.json").read_text())
+    contextual = json.loads(asset("bench", "config.json").read_text())
     contextual.update({"embedder": "backbone", "transductive_corpus_size": sizes["corpus_size"]})
     (folder / "config.json").write_text(json.dumps(contextual, indent=1))
 
@@ -121,7 +129,7 @@ def build_checkpoint(
 def texts_of_lengths(model, lengths: list[int], input_type: str = "document") -> list[str]:
     """Texts that tokenize to exactly (or, when a word boundary forbids it, just under) the
     given token counts under `model`'s tokenizer, prefix and special tokens included."""
-    words = " ".join(json.loads((TINY_FIXTURE / "expected.json").read_text())["documents"]).split()
+    words = asset("bench", "prose.txt").read_text(encoding="utf-8").split()
     out = []
     for i, target in enumerate(lengths):
         pool = words[i % len(words) :] + words[: i % len(words)]
@@ -233,9 +241,21 @@ class BenchSettings:
     baseline_batch_size: int = 8
     batch_size: int | None = None
     seed: int = 0
+    # Chunking throughput (see bench_chunking): the largest input, and the time that stops
+    # an input's doubling early when the chunker is slow on it.
+    chunking_mb: float = 1.0
+    chunking_budget_s: float = 4.0
 
 
-QUICK = BenchSettings(docs=8, minicorpus=8, queries=3, baseline_batch_size=4, max_tokens=128)
+QUICK = BenchSettings(
+    docs=8,
+    minicorpus=8,
+    queries=3,
+    baseline_batch_size=4,
+    max_tokens=128,
+    chunking_mb=0.25,
+    chunking_budget_s=2.0,
+)
 
 
 def rss_mb() -> dict[str, float]:
@@ -324,7 +344,7 @@ def run_benchmark(
     queries = [f"{q} {i}" for i, q in enumerate(queries)]  # distinct texts
     first_chunks = _chunks(len(mini), s.baseline_batch_size)
     second_chunks = _chunks(len(docs), s.baseline_batch_size)
-    total = len(first_chunks) + len(second_chunks) + len(queries) + 4
+    total = len(first_chunks) + len(second_chunks) + len(queries) + 5
     bar = tqdm(total=total, desc="Benchmarking", unit="step", disable=not show_progress)
     times = {mode: {"first": 0.0, "second": 0.0, "query": []} for mode in ("baseline", *models)}
     cpu_times = {mode: {"first": 0.0, "second": 0.0} for mode in times}
@@ -430,6 +450,8 @@ def run_benchmark(
             exact.use_embedding_cache(None)
             cache.close()
     bar.update(1)
+    chunking = chunking_throughput(s.chunking_mb, s.chunking_budget_s)
+    bar.update(1)
     bar.close()
     memory["end"] = rss_mb()
 
@@ -497,6 +519,7 @@ def run_benchmark(
             **exact.cache_stats,
             "embedding_cache": cache_report,
         },
+        "chunking": chunking,
     }
 
 
@@ -550,4 +573,5 @@ def format_table(report: dict[str, Any]) -> str:
         f"tokens (card pads them to {st['baseline_padded_to']}), {st['minicorpus']} first-stage "
         f"documents, {st['queries']} queries of {st['query_tokens']} tokens."
     )
+    lines += ["", format_chunking(report["chunking"])]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Retrieval quality on your own data: the fitted corpus context vs. the fallback vs. baselines.
 
-`evaluate(model, "path/to/beir-folder")` reads a BEIR-format dataset, fits a context on its
+`evaluate(model, "path/to/beir-folder")` (or `sample_path()`, a small dataset shipped with
+cde-rag) reads a BEIR-format dataset, fits a context on its
 corpus (one per seed), embeds documents and queries, retrieves by exact cosine similarity and
 scores the rankings with ranx (nDCG@10, Recall@10, Recall@100, MRR@10 by default). The same is
 done with the random-strings fallback context and with any LangChain `Embeddings` given as a
@@ -14,9 +15,11 @@ was stopped resumes at the first missing chunk, and search reads the chunks memo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import time
 import warnings
@@ -33,10 +36,15 @@ from tqdm.auto import tqdm
 from ._files import write_atomic
 from .context import DEFAULT_SEED, CorpusContext
 from .errors import CDEError
-from .model import PROGRESS_MIN_TEXTS, CDEModel
+from .paths import asset
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the engine (torch) loads with the model, not with this module
     from langchain_core.embeddings import Embeddings
+
+    from .cached import CachedEmbedder
+    from .model import CDEModel
+
+    Embedder = CDEModel | CachedEmbedder  # the same embed_* signatures
 
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 DEFAULT_K = 100
@@ -45,7 +53,12 @@ DEFAULT_CHUNK_SIZE = 1000
 QUERY_BLOCK = 1024
 _LABELS = {"ndcg": "nDCG", "recall": "Recall", "mrr": "MRR", "map": "MAP", "precision": "P"}
 
+# Texts per call to an embedder inside a saved chunk: the progress bar's step.
+PROGRESS_STEP = 64
+SAMPLE_DATASET = "eval-sample"
+
 EmbedFn = Callable[[list[str]], np.ndarray]
+log = logging.getLogger(__name__)
 _PROBE = "cde-rag eval probe: does this embedder still embed text the same way?"
 
 
@@ -89,6 +102,11 @@ class BeirDataset:
             "judgements": sum(len(v) for v in self.qrels.values()),
             "skipped_queries": self.skipped_queries,
         }
+
+
+def sample_path() -> Path:
+    """The BEIR folder of the small dataset shipped with cde-rag (26 documents, 12 queries)."""
+    return asset(SAMPLE_DATASET)
 
 
 def doc_text(title: str, text: str) -> str:
@@ -355,7 +373,8 @@ def embed_in_chunks(
     show_progress: bool | None = None,
 ) -> EmbeddedTexts:
     """Embed `texts` chunk by chunk, L2-normalised; with a `folder`, each chunk is saved as
-    `NNNNNN.npy` once computed and loaded instead of recomputed when the folder is reused."""
+    `NNNNNN.npy` once computed and loaded instead of recomputed when the folder is reused.
+    `embed` gets at most `PROGRESS_STEP` texts per call, so the bar moves within a chunk."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     starts = range(0, len(texts), chunk_size)
@@ -363,21 +382,29 @@ def embed_in_chunks(
     computed = reused = 0
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress is None else show_progress
-    with tqdm(total=len(texts), desc=desc, unit="text", disable=not show) as bar:
+    if show_progress is None:
+        from .model import PROGRESS_MIN_TEXTS
+
+        show_progress = len(texts) >= PROGRESS_MIN_TEXTS
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=not show_progress) as bar:
         for n, start in enumerate(starts):
             part = list(texts[start : start + chunk_size])
             path = folder / f"{n:06d}.npy" if folder is not None else None
             if path is not None and _is_chunk(path, len(part)):
                 parts.append(path)
                 reused += len(part)
+                bar.update(len(part))
             else:
-                vectors = _normalise(embed(part), len(part), desc)
+                pieces = []
+                for step in range(0, len(part), PROGRESS_STEP):
+                    piece = part[step : step + PROGRESS_STEP]
+                    pieces.append(_normalise(embed(piece), len(piece), desc))
+                    bar.update(len(piece))
+                vectors = np.concatenate(pieces)
                 if path is not None:
                     _save_atomic(path, vectors)
                 parts.append(path if path is not None else vectors)
                 computed += len(part)
-            bar.update(len(part))
     return EmbeddedTexts(parts, computed, reused)
 
 
@@ -609,34 +636,37 @@ def evaluate(
     """Score retrieval on a BEIR dataset for each fitted seed, the fallback and each baseline.
 
     With `cache_dir`, contexts and vectors are kept there (resumable; see the module doc), and
-    the model's embedding cache is pointed at `cache_dir/embeddings.sqlite` for the run unless
-    the model already has one.
+    the model's embeddings go through a cache in `cache_dir/embeddings.sqlite` that wraps the
+    model (`CachedEmbedder`): the model, which may be shared by the process, is not modified.
+    Phases are logged (INFO, logger `cde_rag.evaluation`); `show_progress` shows the bars.
     """
     metrics = check_metrics(metrics, k)
     seeds = _check_seeds(seeds)
     dataset = data if isinstance(data, BeirDataset) else load_beir(data, split)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
-    settings = [_fitted_setting(model, dataset, seed, cache, show_progress) for seed in seeds]
-    if fallback:
-        settings.append(_fallback_setting(model, cache, show_progress))
-    for name, embeddings in (baselines or {}).items():
-        settings.append(_baseline_setting(name, embeddings))
-    names = [s.name for s in settings]
-    if not names:
-        raise ValueError("Nothing to evaluate: give a seed, keep the fallback or add a baseline.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"Setting names must be unique, got {names}: rename the baseline.")
+    with contextlib.ExitStack() as stack:
+        embedder: Embedder = model
+        if cache is not None:
+            from .cached import CachedEmbedder
 
-    own_cache = cache is not None and model.embedding_cache is None
-    if own_cache:
-        model.use_embedding_cache(cache / "embeddings.sqlite")
-    try:
+            embedder = stack.enter_context(CachedEmbedder(model, cache / "embeddings.sqlite"))
+        settings = [
+            _fitted_setting(model, embedder, dataset, seed, cache, show_progress) for seed in seeds
+        ]
+        if fallback:
+            settings.append(_fallback_setting(model, embedder, cache, show_progress))
+        for name, embeddings in (baselines or {}).items():
+            settings.append(_baseline_setting(name, embeddings))
+        names = [s.name for s in settings]
+        if not names:
+            raise ValueError(
+                "Nothing to evaluate: give a seed, keep the fallback or add a baseline."
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"Setting names must be unique, got {names}: rename the baseline.")
         results = [
             _run_setting(s, dataset, metrics, k, cache, chunk_size, show_progress) for s in settings
         ]
-    finally:
-        if own_cache:
-            model.use_embedding_cache(None)
     return EvalReport(
         dataset=dataset.describe(),
         model={
@@ -661,13 +691,18 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
 
 
 def _cde_setting(
-    model: CDEModel, ctx: CorpusContext, name: str, kind: str, seed: int | None
+    model: CDEModel,
+    embedder: Embedder,
+    ctx: CorpusContext,
+    name: str,
+    kind: str,
+    seed: int | None,
 ) -> _Setting:
     def documents(texts: list[str]) -> np.ndarray:
-        return model.embed_documents(texts, context=ctx, show_progress=False)
+        return embedder.embed_documents(texts, context=ctx, show_progress=False)
 
     def queries(texts: list[str]) -> np.ndarray:
-        return model.embed_queries(texts, context=ctx, show_progress=False)
+        return embedder.embed_queries(texts, context=ctx, show_progress=False)
 
     dtype = str(model.dtype).removeprefix("torch.")
     key = f"cde/{model.fingerprint}/{dtype}/{ctx.fingerprint}"
@@ -676,49 +711,64 @@ def _cde_setting(
 
 def _fitted_setting(
     model: CDEModel,
+    embedder: Embedder,
     dataset: BeirDataset,
     seed: int,
     cache: Path | None,
     show_progress: bool | None,
 ) -> _Setting:
+    name = f"fitted (seed {seed})"
     tag = f"{model.fingerprint[:16]}-{dataset.doc_digest[:16]}-seed{seed}"
     ctx = _cached_context(
         cache,
         tag,
         model,
         lambda: model.fit_context(dataset.doc_texts, seed=seed, show_progress=show_progress),
+        f"{name}: fitting the context on {len(dataset.doc_texts)} documents",
     )
-    return _cde_setting(model, ctx, f"fitted (seed {seed})", "fitted", seed)
+    return _cde_setting(model, embedder, ctx, name, "fitted", seed)
 
 
-def _fallback_setting(model: CDEModel, cache: Path | None, show_progress: bool | None) -> _Setting:
+def _fallback_setting(
+    model: CDEModel, embedder: Embedder, cache: Path | None, show_progress: bool | None
+) -> _Setting:
+    name = "fallback (random strings)"
     ctx = _cached_context(
         cache,
         f"{model.fingerprint[:16]}-fallback",
         model,
         lambda: model.fallback_context(show_progress=show_progress),
+        f"{name}: embedding the model's random strings as the context",
     )
-    return _cde_setting(model, ctx, "fallback (random strings)", "fallback", None)
+    return _cde_setting(model, embedder, ctx, name, "fallback", None)
 
 
 def _cached_context(
-    cache: Path | None, tag: str, model: CDEModel, fit: Callable[[], CorpusContext]
+    cache: Path | None,
+    tag: str,
+    model: CDEModel,
+    fit: Callable[[], CorpusContext],
+    what: str,
 ) -> CorpusContext:
     """A context fitted once per cache: reloaded on a resumed run, so vector keys still match."""
-    if cache is None:
-        return fit()
-    path = cache / "contexts" / f"{tag}.safetensors"
-    if path.is_file():
+    path = cache / "contexts" / f"{tag}.safetensors" if cache is not None else None
+    if path is not None and path.is_file():
         try:
-            return model.check_context(CorpusContext.load(path))
+            ctx = model.check_context(CorpusContext.load(path))
         except CDEError:
             pass  # unreadable or from another model: fit again and replace it
+        else:
+            log.info("%s: reloaded from %s", what.partition(":")[0], path)
+            return ctx
+    log.info("%s", what)
     ctx = fit()
-    ctx.save(path)
+    if path is not None:
+        ctx.save(path)
     return ctx
 
 
 def _baseline_setting(name: str, embeddings: Embeddings) -> _Setting:
+    log.info("%s: checking the baseline embeds (two probe texts)", name)
     if not (hasattr(embeddings, "embed_documents") and hasattr(embeddings, "embed_query")):
         raise TypeError(
             f"Baseline {name!r} is a {type(embeddings).__name__}; pass a LangChain Embeddings "
@@ -753,6 +803,7 @@ def _run_setting(
     show_progress: bool | None,
 ) -> SettingResult:
     started = time.perf_counter()
+    log.info("%s: embedding documents and queries", setting.name)
     embedded = {}
     for input_type, texts, digest, embed in (
         ("documents", dataset.doc_texts, dataset.doc_digest, setting.embed_documents),
@@ -778,6 +829,7 @@ def _run_setting(
             f"{setting.name}: documents and queries have different widths "
             f"({doc_width} vs {query_vectors.shape[1]})."
         )
+    log.info("%s: searching and scoring", setting.name)
     indices, scores = search(query_vectors, docs, k)
     rankings = {
         qid: [(dataset.doc_ids[i], float(s)) for i, s in zip(row_i, row_s, strict=True)]
@@ -785,6 +837,11 @@ def _run_setting(
     }
     run = {qid: dict(ranked) for qid, ranked in rankings.items()}
     means, per_query = score_run(dataset.qrels, run, metrics)
+    log.info(
+        "%s: %s",
+        setting.name,
+        ", ".join(f"{metric_label(m)} {means[m]:.4f}" for m in metrics),
+    )
     return SettingResult(
         name=setting.name,
         kind=setting.kind,

@@ -2,28 +2,79 @@
 
 A command module defines `HELP` (one line for `cde-rag --help`), `add_arguments(parser)` and
 `run(args) -> int`, and imports its heavy dependencies inside `run`, so `cde-rag --help` and
-argument errors stay instant. `main()` turns user errors into one line on stderr.
+argument errors stay instant. Before `run`, `main()` checks what needs no model
+(`_common.preflight`: chunk sizes that fit together, a free --port).
+
+Exit status: 0 done, 1 a runtime error (bad file, unreachable server, taken port: one line on
+stderr), 2 a usage error (unknown command or option, bad option value, options that do not fit
+together; shown with the usage, and a bare `cde-rag` prints the help), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from ..errors import CDEError
+from ._common import UsageError, preflight
 
 COMMANDS = ("index", "query", "load", "context", "serve", "demo", "bench", "eval")
 DEBUG_ENV = "CDE_RAG_DEBUG"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, plus "did you mean ...?" for a mistyped command or option."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(message + suggestion(self, message))
+
+
+def suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """' (did you mean X?)' for the first bad word in an argparse error, or ''."""
+    found = re.search(r"invalid choice: '?([^' ]*)'?", message)
+    if found:
+        words, candidates = [found.group(1)], _choices(parser)
+    else:
+        found = re.search(r"unrecognized arguments: (.*)", message)
+        words = (
+            [w.split("=")[0] for w in found.group(1).split() if w.startswith("-")] if found else []
+        )
+        candidates = _options(parser)
+    for word in words:
+        close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {close[0]!r}?)"
+    return ""
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parser and every parser under it (commands, and actions such as `context fit`)."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _subparsers(sub)
+
+
+def _choices(parser: argparse.ArgumentParser) -> list[str]:
+    return [str(c) for action in parser._actions for c in action.choices or ()]
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    return [o for p in _subparsers(parser) for a in p._actions for o in a.option_strings]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cde-rag",
         description="Contextual document embeddings (cde-small-v2) for RAG: index files into "
         "Chroma, query them, manage corpus contexts, serve an embeddings API, run the demo.",
@@ -36,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{__name__}.{name}")
         sub = commands.add_parser(name, help=module.HELP, description=_description(module))
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(run=module.run, command_parser=sub)
     return parser
 
 
@@ -71,11 +122,21 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `cde-rag` script; returns the process exit code."""
+    """Entry point of the `cde-rag` script; returns the process exit code (a usage error
+    raises SystemExit(2), as argparse does)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        parser.print_help()
+        return 2
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's own parser knows its options, to suggest the one meant
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        preflight(args)
         return int(args.run(args) or 0)
+    except UsageError as exc:
+        args.command_parser.error(str(exc))
     except KeyboardInterrupt:
         print("cde-rag: interrupted", file=sys.stderr)
         return 130

@@ -1,12 +1,28 @@
-"""Options and helpers shared by the `cde-rag` commands: the model, and where Chroma lives."""
+"""Options and checks shared by the `cde-rag` commands: the model, chunking, where Chroma
+lives, the port a server binds; and the checks `main` runs before a command loads anything.
+
+Everything here is cheap to import (no torch, transformers or chromadb at module level), so
+argument errors appear at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import logging
 import os
+import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+from ..context import DEFAULT_SEED
+from ..documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, check_chunk_sizes
+from ..errors import CDEError
+from ..paths import data_dir
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -16,11 +32,27 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "jxm/cde-small-v2"
 DB_ENV = "CDE_RAG_DB"
 CHROMA_URL_ENV = "CDE_RAG_CHROMA_URL"
+# Ports tried after a taken one, to suggest a free one in the error.
+PORT_SUGGESTIONS = 20
+
+
+class UsageError(CDEError, ValueError):
+    """Options that do not fit together: shown with the command's usage, exit status 2."""
+
+
+# -- argparse types ------------------------------------------------------------------------------
+
+
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {value!r}") from None
 
 
 def port(value: str) -> int:
     """An argparse type: a TCP port."""
-    number = int(value)
+    number = _integer(value)
     if not 1 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {number}")
     return number
@@ -28,37 +60,79 @@ def port(value: str) -> int:
 
 def positive_int(value: str) -> int:
     """An argparse type: an integer of at least 1."""
-    number = int(value)
+    number = _integer(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {number}")
     return number
 
 
+def non_negative_int(value: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    number = _integer(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """An argparse type: a finite number above 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {value}")
+    return number
+
+
+def chroma_url(value: str) -> str:
+    """An argparse type: the URL of a Chroma server, http:// or https:// and a host."""
+    url = urlsplit(value.strip())
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise argparse.ArgumentTypeError(
+            f"needs a URL that starts with http:// or https://, e.g. http://localhost:8000; got "
+            f"{value!r} (from --chroma-url or ${CHROMA_URL_ENV})"
+        )
+    try:
+        url.port  # noqa: B018 (parsing the port is the check)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"has an invalid port: {value!r}") from None
+    return value.strip()
+
+
+# -- option groups -------------------------------------------------------------------------------
+
+
 def add_model_arguments(
-    parser: argparse.ArgumentParser, *, default: str | None = DEFAULT_MODEL
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = DEFAULT_MODEL,
+    model_help: str | None = None,
+    dtype: bool = True,
 ) -> None:
-    """--model, --revision, --device, --dtype. `default=None` means: the one stored with the
-    collection (commands that open an existing collection)."""
+    """--model, --revision, --device and (with `dtype`) --dtype. `default=None` means: the one
+    stored with the collection (commands that open an existing collection), unless
+    `model_help` says what it means for the command."""
+    if model_help is None:
+        model_help = (
+            f"hub id or local checkpoint folder (default: {default})"
+            if default
+            else "hub id or local checkpoint folder (default: the one the collection was "
+            f"indexed with; {DEFAULT_MODEL} when `index` creates the collection)"
+        )
     group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        default=default,
-        metavar="ID_OR_PATH",
-        help=f"hub id or local checkpoint folder (default: {default})"
-        if default
-        else "hub id or local checkpoint folder (default: the one the collection was indexed "
-        f"with; {DEFAULT_MODEL} when `index` creates the collection)",
-    )
+    group.add_argument("--model", default=default, metavar="ID_OR_PATH", help=model_help)
     group.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     group.add_argument(
         "--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if present)"
     )
-    group.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16"],
-        help="float32 (exact, default) or bfloat16 (fast mode on GPUs)",
-    )
+    if dtype:
+        group.add_argument(
+            "--dtype",
+            default=None,
+            choices=["float32", "bfloat16"],
+            help="float32 (exact, default) or bfloat16 (fast mode on GPUs)",
+        )
 
 
 def load_model(args: argparse.Namespace, default: str = DEFAULT_MODEL) -> CDEModel:
@@ -75,13 +149,33 @@ def model_override(args: argparse.Namespace) -> CDEModel | None:
     return load_model(args) if args.model else None
 
 
+def add_chunking_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    seed_help: str = f"seed for sampling the context's documents (default {DEFAULT_SEED})",
+) -> None:
+    """--chunk-size, --chunk-overlap and --seed, with the library's defaults; `main` checks
+    that the overlap is smaller than the size before the command runs."""
+    group = parser.add_argument_group("chunking and context")
+    group.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=DEFAULT_CHUNK_SIZE,
+        help=f"most characters per chunk (default {DEFAULT_CHUNK_SIZE})",
+    )
+    group.add_argument(
+        "--chunk-overlap",
+        type=non_negative_int,
+        default=DEFAULT_CHUNK_OVERLAP,
+        help=f"characters shared by neighbouring chunks (default {DEFAULT_CHUNK_OVERLAP})",
+    )
+    group.add_argument("--seed", type=non_negative_int, default=DEFAULT_SEED, help=seed_help)
+
+
 def default_db() -> Path:
     """$CDE_RAG_DB, else $XDG_DATA_HOME/cde-rag/chroma (~/.local/share/cde-rag/chroma): one
     place, whatever the working folder, so `index` and `query` find the same collections."""
-    if os.environ.get(DB_ENV):
-        return Path(os.environ[DB_ENV]).expanduser()
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "cde-rag" / "chroma"
+    return data_dir("chroma", env=DB_ENV)
 
 
 def add_store_arguments(parser: argparse.ArgumentParser, *, collection: bool = True) -> None:
@@ -101,6 +195,7 @@ def add_store_arguments(parser: argparse.ArgumentParser, *, collection: bool = T
     )
     where.add_argument(
         "--chroma-url",
+        type=chroma_url,
         default=os.environ.get(CHROMA_URL_ENV),
         metavar="URL",
         help=f"a Chroma server, e.g. http://127.0.0.1:8000 (default: ${CHROMA_URL_ENV})",
@@ -114,18 +209,13 @@ def open_client(args: argparse.Namespace, *, create: bool = False) -> ClientAPI:
 
     settings = chromadb.Settings(anonymized_telemetry=False)
     if args.chroma_url and args.db is None:
-        url = urlsplit(args.chroma_url if "//" in args.chroma_url else f"http://{args.chroma_url}")
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(
-                f"--chroma-url must look like http://HOST:PORT, got {args.chroma_url!r}."
-            )
-        try:
-            port = url.port or (443 if url.scheme == "https" else 8000)
-        except ValueError:
-            raise ValueError(f"--chroma-url has an invalid port: {args.chroma_url!r}.") from None
+        url = urlsplit(chroma_url(args.chroma_url))
         try:
             return chromadb.HttpClient(
-                host=url.hostname, port=port, ssl=url.scheme == "https", settings=settings
+                host=url.hostname,
+                port=url.port or (443 if url.scheme == "https" else 8000),
+                ssl=url.scheme == "https",
+                settings=settings,
             )
         except Exception as exc:  # chromadb raises bare ValueError/Exception for a dead server
             raise ConnectionError(
@@ -150,3 +240,92 @@ def describe_store(args: argparse.Namespace) -> str:
     if args.chroma_url and args.db is None:
         return args.chroma_url
     return str(args.db if args.db is not None else default_db())
+
+
+# -- checks before a command runs, and progress lines ----------------------------------------------
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """What can be checked before anything heavy loads: chunk sizes that fit together, and a
+    free port for commands that bind one (--host and --port), so a taken port is reported in a
+    second instead of after the model has loaded."""
+    if hasattr(args, "chunk_size") and hasattr(args, "chunk_overlap"):
+        if args.chunk_size < 1:
+            raise UsageError(f"--chunk-size must be a positive integer, got {args.chunk_size}.")
+        try:
+            check_chunk_sizes(args.chunk_size, args.chunk_overlap)
+        except ValueError:
+            raise UsageError(
+                f"--chunk-overlap must be from 0 to --chunk-size - 1 ({args.chunk_size - 1}), "
+                f"got {args.chunk_overlap}."
+            ) from None
+    if hasattr(args, "host") and hasattr(args, "port"):
+        check_port_free(args.host, args.port)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on (or one this user may not bind), naming
+    --port and a free port nearby; bound the way servers bind (SO_REUSEADDR)."""
+    reason = _bind_error(host, port)
+    if reason is None:
+        return
+    if reason.errno == errno.EADDRINUSE:
+        free = next(
+            (p for p in range(port + 1, min(port + PORT_SUGGESTIONS, 65535) + 1)
+             if _bind_error(host, p) is None),
+            None,
+        )  # fmt: skip
+        hint = f", e.g. --port {free}" if free else ""
+        raise OSError(
+            f"port {port} on {host} is already in use: stop what uses it, or pick another port "
+            f"with --port{hint}."
+        )
+    if reason.errno == errno.EACCES:
+        raise OSError(
+            f"port {port} on {host} needs more privileges (ports below 1024 usually do): pick "
+            "another with --port, e.g. --port 8000."
+        )
+    raise OSError(
+        f"cannot listen on {host}:{port} ({reason.strerror or reason}): check --host (an "
+        "address of this machine, e.g. 127.0.0.1) and --port."
+    )
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:  # socket.gaierror included: an unknown host
+        return exc
+    return None
+
+
+class _LineHandler(logging.Handler):
+    """Log records as lines on stderr, written between progress-bar updates (tqdm.write)."""
+
+    def __init__(self, prefix: str):
+        super().__init__(logging.INFO)
+        self.prefix = prefix
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"{self.prefix}: {record.getMessage()}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def phase_lines(prefix: str, logger: str = "cde_rag") -> Iterator[None]:
+    """Show cde-rag's INFO log lines (the phases of a long run) on stderr meanwhile."""
+    target = logging.getLogger(logger)
+    handler, level = _LineHandler(prefix), target.level
+    target.addHandler(handler)
+    target.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(level)

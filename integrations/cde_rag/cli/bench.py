@@ -1,7 +1,9 @@
-"""Measure the engine beside the model card's way: fit speed, throughput, latency, memory.
+"""Measure the engine beside the model card's way, and how fast documents are chunked.
 
-Without --model, builds (once, cached) a checkpoint with cde-small-v2's real sizes and random
-weights: speed does not depend on weight values, and nothing is downloaded.
+Fit speed, throughput, latency and memory of exact and fast mode; chunking MB/s on prose and
+on repetitive text. Without --model, builds (once, cached) a checkpoint with cde-small-v2's
+real sizes and random weights: speed does not depend on weight values, and nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -9,38 +11,54 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "benchmark exact (fp32) and fast (bf16) modes against the model card's way"
+from ._common import UsageError, add_model_arguments, positive_float, positive_int
+
+HELP = "benchmark exact (fp32) and fast (bf16) modes against the model card's way, and chunking"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
+    # Both dtypes are measured (exact and fast mode): no --dtype.
+    add_model_arguments(
+        parser,
         default=None,
-        metavar="ID_OR_PATH",
-        help="checkpoint to measure (default: a locally built cde-small-v2-sized checkpoint "
-        "with random weights)",
-    )
-    parser.add_argument("--revision", default=None, help="hub revision of --model")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny sizes: a smoke run that takes seconds"
-    )
-    parser.add_argument("--docs", type=int, help="second-stage documents (default 32)")
-    parser.add_argument("--min-tokens", type=int, help="shortest document, tokens (default 32)")
-    parser.add_argument("--max-tokens", type=int, help="longest document, tokens (default 512)")
-    parser.add_argument("--minicorpus", type=int, help="first-stage documents timed (default 32)")
-    parser.add_argument("--queries", type=int, help="single queries timed (default 12)")
-    parser.add_argument(
-        "--baseline-batch-size", type=int, help="the card's fixed batch size (default 8)"
+        model_help="checkpoint to measure (default: a locally built cde-small-v2-sized "
+        "checkpoint with random weights)",
+        dtype=False,
     )
     parser.add_argument(
-        "--batch-size", type=int, help="the engine's batch size (default: the model's)"
+        "--quick",
+        action="store_true",
+        help="a smoke run of about a minute: few, short texts, and without --model a smaller "
+        "built checkpoint (6 layers, hidden 256, N = 64)",
+    )
+    parser.add_argument("--docs", type=positive_int, help="second-stage documents (default 32)")
+    parser.add_argument(
+        "--min-tokens", type=positive_int, help="shortest document, tokens (default 32)"
+    )
+    parser.add_argument(
+        "--max-tokens", type=positive_int, help="longest document, tokens (default 512)"
+    )
+    parser.add_argument(
+        "--minicorpus", type=positive_int, help="first-stage documents timed (default 32)"
+    )
+    parser.add_argument("--queries", type=positive_int, help="single queries timed (default 12)")
+    parser.add_argument(
+        "--baseline-batch-size", type=positive_int, help="the card's fixed batch size (default 8)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, help="the engine's batch size (default: the model's)"
     )
     parser.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
-        help="where the built checkpoint is kept (default: ~/.cache/cde-rag/bench)",
+        help="where the built checkpoint is kept (default: $XDG_CACHE_HOME/cde-rag/bench, "
+        "~/.cache/cde-rag/bench)",
+    )
+    parser.add_argument(
+        "--chunking-mb",
+        type=positive_float,
+        help="largest text the chunking measure splits, in MB (default 1; 0.25 with --quick)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report here")
 
@@ -51,12 +69,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bench import (
         QUICK,
+        QUICK_SIZES,
         BenchSettings,
         build_checkpoint,
-        default_cache_dir,
         format_table,
         run_benchmark,
     )
+    from ..paths import cache_dir
 
     settings = QUICK if args.quick else BenchSettings()
     overrides = {
@@ -64,17 +83,22 @@ def run(args: argparse.Namespace) -> int:
         for field in dataclasses.fields(BenchSettings)
         if getattr(args, field.name, None) is not None
     }
-    for name, value in overrides.items():
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
     settings = dataclasses.replace(settings, **overrides)
     if settings.min_tokens > settings.max_tokens:
-        raise ValueError("--min-tokens must not exceed --max-tokens.")
+        raise UsageError(
+            f"--min-tokens ({settings.min_tokens}) must not exceed --max-tokens "
+            f"({settings.max_tokens})."
+        )
     model = args.model
     if model is None:
-        folder = (args.cache_dir or default_cache_dir()) / "cde-small-v2-random"
-        print(f"Using a cde-small-v2-sized checkpoint with random weights in {folder}")
-        model = build_checkpoint(folder)
+        root = args.cache_dir or cache_dir("bench")
+        if args.quick:
+            folder = build_checkpoint(root / "quick-random", sizes=QUICK_SIZES)
+            print(f"Using a small checkpoint (6 layers) with random weights in {folder}")
+        else:
+            folder = build_checkpoint(root / "cde-small-v2-random")
+            print(f"Using a cde-small-v2-sized checkpoint with random weights in {folder}")
+        model = folder
     report = run_benchmark(
         model,
         settings,

@@ -1,4 +1,8 @@
-"""Measure retrieval quality on a BEIR folder: fitted corpus context vs. fallback vs. baselines."""
+"""Measure retrieval quality on a BEIR folder: fitted corpus context vs. fallback vs. baselines.
+
+`--sample` runs on a small dataset shipped with cde-rag (26 documents, 12 queries), to see
+the command work and the report's format before pointing it at your own data.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,29 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_arguments, load_model
+from ..context import DEFAULT_SEED
+from ._common import UsageError, add_model_arguments, load_model, phase_lines, positive_int
 
 HELP = "measure retrieval quality (nDCG, recall, MRR) on a BEIR-format dataset"
+SAMPLE_DATASET = "26 documents, 12 queries"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    parser.add_argument(
+        "data",
+        nargs="?",
+        help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (or --sample)",
+    )
+    parser.add_argument(
+        "--sample",
+        action="store_true",
+        help=f"use the small BEIR dataset shipped with cde-rag ({SAMPLE_DATASET})",
+    )
     add_model_arguments(parser)
     parser.add_argument(
         "--seeds",
-        default="42",
+        type=parse_seeds,
+        default=[DEFAULT_SEED],
         help="comma-separated minicorpus seeds, one fitted context each (default: 42); "
         "with several, the table shows mean ± std",
     )
@@ -43,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated ranx metrics (default: ndcg@10,recall@10,recall@100,mrr@10)",
     )
     parser.add_argument(
-        "--k", type=int, default=None, help="documents retrieved per query (default: 100)"
+        "--k", type=positive_int, default=None, help="documents retrieved per query (default: 100)"
     )
     parser.add_argument(
         "--output",
@@ -60,33 +76,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--chunk-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="texts embedded and saved per chunk, the unit of resumption (default: 1000)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate, load_beir
+    if (args.data is None) == (not args.sample):
+        raise UsageError("give a BEIR folder DATA or --sample (one of them).")
+    with phase_lines("cde-rag eval"):
+        return _evaluate(args)
 
-    options: dict[str, Any] = {"seeds": parse_seeds(args.seeds)}
-    if args.metrics is not None:
-        options["metrics"] = args.metrics.split(",")
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation import (
+        DEFAULT_K,
+        DEFAULT_METRICS,
+        check_metrics,
+        evaluate,
+        load_beir,
+        log,
+        sample_path,
+    )
+
+    options: dict[str, Any] = {"seeds": args.seeds}
     if args.k is not None:
         options["k"] = args.k
     if args.chunk_size is not None:
         options["chunk_size"] = args.chunk_size
     baselines = dict(parse_baseline(spec) for spec in args.baseline)
-    dataset = load_beir(args.data, split=args.split)  # fail on a bad folder before loading
+    # A bad folder fails here, in a second, before the metric library and the model load.
+    dataset = load_beir(sample_path() if args.sample else args.data, split=args.split)
+    log.info(
+        "%s (%s): %d documents, %d queries",
+        dataset.name,
+        dataset.split,
+        len(dataset.doc_ids),
+        len(dataset.query_ids),
+    )
+    log.info("loading ranx, the metrics library (its first run compiles: up to a few minutes)")
+    metrics = args.metrics.split(",") if args.metrics is not None else DEFAULT_METRICS
+    options["metrics"] = check_metrics(metrics, options.get("k", DEFAULT_K))
     output = args.output if args.output is not None else Path("cde-eval") / dataset.name
+    log.info("loading the model %s", args.model)
+    model = load_model(args)
     report = evaluate(
-        load_model(args),
+        model,
         dataset,
         fallback=not args.no_fallback,
         baselines=baselines,
         cache_dir=args.cache_dir if args.cache_dir is not None else output / "cache",
+        show_progress=True,
         **options,
     )
+    log.info("writing the report to %s", output)
     paths = report.write(output)
     print(report.table())
     print(f"\nReport: {paths['json']}\nPlot:   {paths['plot']}")
@@ -94,12 +138,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parse_seeds(text: str) -> list[int]:
+    """An argparse type: comma-separated non-negative integers."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(
-            f"--seeds takes comma-separated integers, e.g. 42,1,2; got {text!r}."
-        ) from None
+        seeds = []
+    if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"takes distinct comma-separated non-negative integers, e.g. 42,1,2; got {text!r}"
+        )
+    return seeds
 
 
 def parse_baseline(spec: str) -> tuple[str, Any]:
