@@ -124,3 +124,31 @@ def test_huge_finite_rows_are_refused_before_they_make_nan(tiny_model):
     rows[3, 0] = 3e38
     with pytest.raises(ContextError, match="row 3 has norm 3e.38"):
         tiny_model.context_from_embeddings(rows)
+
+
+def _rewrite_rows(path, rows):
+    """The saved file with its matrix replaced by `rows`, metadata untouched (a hand edit)."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = fh.metadata()
+    save_file({"embeddings": rows.astype(np.float32)}, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(3e38, r"row 3 has norm 3e\+38"), (np.inf, "NaN or infinite"), (np.nan, "NaN or infinite")],
+    ids=["huge", "inf", "nan"],
+)
+def test_loading_a_file_with_bad_rows_is_a_context_error(tiny_context, tmp_path, value, message):
+    path = tiny_context.save(tmp_path / "ctx.safetensors")
+    rows = np.array(tiny_context.embeddings)
+    rows[3, 0] = value
+    _rewrite_rows(path, rows)
+    before = path.read_bytes()
+    with pytest.raises(ContextError, match=message) as caught:
+        CorpusContext.load(path)
+    assert str(path) in str(caught.value)  # says which file
+    assert "malformed context metadata" not in str(caught.value)  # the rows are the problem
+    assert path.read_bytes() == before

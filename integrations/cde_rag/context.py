@@ -208,6 +208,8 @@ class CorpusContext:
                 source_size=info.get("source_size"),
                 created_at=info["created_at"],
             )
+        except ContextError as exc:  # the rows themselves are refused
+            raise ContextError(f"{source}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise ContextError(f"{source} has malformed context metadata ({exc}).") from exc
         if ctx.fingerprint != info.get("fingerprint"):

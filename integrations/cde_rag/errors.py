@@ -29,3 +29,7 @@ class NotFittedError(ContextError):
 
 class InputError(CDEError, TypeError):
     """Texts handed to the engine are not a list of strings."""
+
+
+class NumericalError(CDEError, ArithmeticError):
+    """The model computed NaN or infinite values; the engine refuses to return them."""

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from typing import Literal
 
@@ -28,7 +28,14 @@ from .context import (
     model_mismatch_message,
     sample_minicorpus,
 )
-from .errors import CheckpointError, ContextError, ContextMismatchError, InputError, NotFittedError
+from .errors import (
+    CheckpointError,
+    ContextError,
+    ContextMismatchError,
+    InputError,
+    NotFittedError,
+    NumericalError,
+)
 from .modeling import (
     FIRST_STAGE,
     SECOND_STAGE,
@@ -448,6 +455,7 @@ class CDEModel:
             show_progress,
             f"Embedding {input_type}s",
         )
+        self._refuse_bad_vectors(vectors, lambda i: f"texts[{todo[unique[i]][0]}]", unit=True)
         for text, vector in zip(unique, vectors, strict=True):
             out[todo[text]] = vector
         if cache is not None:
@@ -546,7 +554,37 @@ class CDEModel:
         finally:
             del stage
             _release_memory()
+        self._refuse_bad_vectors(out, lambda i: f"minicorpus[{i}]", unit=False)
         return out
+
+    def _refuse_bad_vectors(
+        self, vectors: np.ndarray, label: Callable[[int], str], *, unit: bool
+    ) -> None:
+        """Refuse NaN, infinite or (for `unit` embeddings) unnormalisable rows: they would break
+        search and JSON downstream, so an overflow inside the model is an error, never output."""
+        with np.errstate(all="ignore"):
+            ok = np.isfinite(vectors).all(axis=1)
+            if unit:
+                ok &= np.abs(np.linalg.norm(vectors, axis=1) - 1) < 1e-3
+        if ok.all():
+            return
+        bad = np.flatnonzero(~ok)
+        dtype = str(self.dtype).removeprefix("torch.")
+        if self.dtype != torch.float32:
+            cause = (
+                f"It computes in {dtype}, whose range or precision overflowed: load the model "
+                "with dtype='float32'. If that fails too, the checkpoint is damaged."
+            )
+        else:
+            cause = (
+                "Its float32 computation overflowed, which a trained cde-small-v2 never does: the "
+                "checkpoint's weights are damaged (finite but absurd values). Download it again, "
+                "or compare model.fingerprint with a known-good copy."
+            )
+        raise NumericalError(
+            f"The model computed NaN, infinite or zero vectors for {label(int(bad[0]))} "
+            f"({len(bad)} of {len(vectors)}) and refused to return them. {cause}"
+        )
 
     def _read_weights(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The tensors under `prefix`, and shape-only (meta) stand-ins for every other key."""

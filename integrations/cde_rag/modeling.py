@@ -347,6 +347,12 @@ def load_stage(
 ) -> nn.Module:
     """Move a meta-built stage onto real weights (checked by `check_keys`)."""
     own = check_keys(module, weights, prefix, limit_layers)
+    for name, tensor in own.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(
+                f"Weight {prefix}{name} contains NaN or infinite values: the checkpoint file is "
+                "damaged. Download it again (or restore the folder from a good copy)."
+            )
     module.load_state_dict(own, assign=True)
     backbones = [sub for sub in module.modules() if isinstance(sub, ModernBertModel)]
     for sub in backbones:  # off the meta device before moving
