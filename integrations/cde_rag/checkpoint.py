@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,14 @@ BACKBONE_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
+# Every file of the backbone folder the tokenizer reads; all of them change the token ids.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 RANDOM_STRINGS_FILE = "random_strings.txt"
-_SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 OFFLINE_HINT = (
     "If this machine cannot reach the Hugging Face hub, download the checkpoint elsewhere "
@@ -100,17 +106,64 @@ class ResolvedCheckpoint:
     weights_path: Path
     backbone_dir: Path
     random_strings_path: Path | None
+    backbone_revision: str | None = None
 
     def weights_sha256(self) -> str:
-        """Content hash of the weights, cheap when the hub cache already names blobs by it."""
-        real = self.weights_path.resolve()
-        if _SHA256_NAME.match(real.name) and real.parent.name == "blobs":
-            return real.name
+        """Content hash of the weights (never their file name: a hub blob named by a hash can
+        still hold other bytes), computed once per file and process."""
+        return _content_sha256(self.weights_path)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Everything that changes the vectors, by content: the weights, the contextual config,
+        the backbone config and the tokenizer files. `random_strings.txt` is left out on
+        purpose: it only picks the fallback context's texts, which that context's own
+        fingerprint covers, and fitted contexts do not depend on it."""
+        digest = hashlib.sha256(b"cde-rag-model/2\n")
+        digest.update(f"weights {self.weights_sha256()}\n".encode())
+        digest.update(b"config " + _canonical_json(self.config.raw) + b"\n")
+        backbone = json.loads((self.backbone_dir / "config.json").read_text(encoding="utf-8"))
+        digest.update(b"backbone config " + _canonical_json(backbone) + b"\n")
+        for filename in TOKENIZER_FILES:
+            path = self.backbone_dir / filename
+            content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "-"
+            digest.update(f"{filename} {content}\n".encode())
+        return digest.hexdigest()[:32]
+
+    @cached_property
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint cde-rag's context format 1 recorded (weights, configs and
+        tokenizer.json only), so contexts and collections saved then still open."""
+        digest = hashlib.sha256(b"cde-rag-model/1\n")
+        digest.update(self.weights_sha256().encode())
+        digest.update(json.dumps(self.config.raw, sort_keys=True).encode())
+        for filename in ("config.json", "tokenizer.json"):
+            path = self.backbone_dir / filename
+            if path.is_file():
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()[:32]
+
+
+_CONTENT_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def _content_sha256(path: Path) -> str:
+    real = path.resolve()
+    stat = real.stat()
+    key = (str(real), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    found = _CONTENT_HASHES.get(key)
+    if found is None:
         digest = hashlib.sha256()
         with open(real, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(chunk)
-        return digest.hexdigest()
+        found = _CONTENT_HASHES[key] = digest.hexdigest()
+    return found
+
+
+def _canonical_json(value: object) -> bytes:
+    """JSON with sorted keys: reformatting a config file does not change what it means."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def resolve_checkpoint(
