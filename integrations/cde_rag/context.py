@@ -326,8 +326,8 @@ class CorpusContext:
             changed = _changed_fields(info, rows)
             if changed:
                 raise ContextError(
-                    f"{source} is corrupted or was edited after it was saved: {', '.join(changed)} no longer "
-                    f"match the checksums saved with them. {remedy}"
+                    f"{source} is corrupted or was edited after it was saved: "
+                    f"{', '.join(changed)} no longer match the checksums saved with them. {remedy}"
                 )
         try:
             ctx = cls(
@@ -340,8 +340,8 @@ class CorpusContext:
             raise ContextError(f"{source} has malformed context metadata ({exc}).") from exc
         if version == FORMAT_VERSION and ctx.fingerprint != info.get("fingerprint"):
             raise ContextError(
-                f"{source} is corrupted or was edited after it was saved: its fingerprint no longer matches "
-                f"its model and minicorpus. {remedy}"
+                f"{source} is corrupted or was edited after it was saved: its fingerprint no "
+                f"longer matches its model and minicorpus. {remedy}"
             )
         if version == "1":
             if ctx.checksum != info.get("fingerprint"):

@@ -340,7 +340,11 @@ class CDEModel:
         return self._new_context(array, "embeddings", None)
 
     def random_strings(self) -> list[str]:
-        """The checkpoint's `random_strings.txt`, or deterministic random strings without one."""
+        """The checkpoint's `random_strings.txt`, or deterministic random strings when the
+        checkpoint has none. When whether it has one cannot be known (offline, not cached),
+        this is a `CheckpointError`: other strings would make another context silently."""
+        if self.checkpoint.random_strings_unknown:
+            raise CheckpointError(self.checkpoint.random_strings_unknown)
         path = self.checkpoint.random_strings_path
         if path is not None:
             lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
