@@ -326,8 +326,8 @@ class CorpusContext:
             changed = _changed_fields(info, rows)
             if changed:
                 raise ContextError(
-                    f"{source} is corrupted or was edited after it was saved: "
-                    f"{', '.join(changed)} no longer match the checksums saved with them. {remedy}"
+                    f"{source} is corrupted or was edited after it was saved: the checksum of "
+                    f"{', '.join(changed)} no longer matches. {remedy}"
                 )
         try:
             ctx = cls(
