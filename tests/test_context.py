@@ -205,3 +205,15 @@ def test_loading_a_file_with_bad_rows_is_a_context_error(tiny_context, tmp_path,
     assert str(path) in str(caught.value)  # says which file
     assert "malformed context metadata" not in str(caught.value)  # the rows are the problem
     assert path.read_bytes() == before
+
+
+def test_llama_index_fit_and_engine_fit_share_the_fingerprint(tiny_model, golden):
+    """The case from issue 15: a LlamaIndex fit with embed_batch_size=4 and the engine's fit
+    with its default batch size are the same context (their numbers differ in the last bits)."""
+    from cde_rag.llama_index import CDEEmbedding
+
+    corpus = golden["documents"] * 3
+    emb = CDEEmbedding(model=tiny_model, embed_batch_size=4, corpus=corpus)
+    engine = tiny_model.fit_context(corpus)
+    assert emb.context_fingerprint == engine.fingerprint
+    np.testing.assert_allclose(emb.context.embeddings, engine.embeddings, atol=1e-5)

@@ -106,6 +106,22 @@ print(json.dumps(out))
 """
 
 
+def hub_env(cache: Path, *, offline: bool) -> dict[str, str]:
+    """Never the real hub: offline mode, or an endpoint where nothing listens."""
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(cache),
+        "HF_HOME": str(cache.parent / "hf-home"),  # no saved token
+        "HF_HUB_ETAG_TIMEOUT": "2",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
 def load(
     name: str,
     cache: Path,
@@ -114,21 +130,9 @@ def load(
     revision: str = "",
     cwd: Path | None = None,
 ) -> tuple[dict, str]:
-    env = {
-        **os.environ,
-        "HF_HUB_CACHE": str(cache),
-        "HF_HOME": str(cache.parent / "hf-home"),  # no saved token
-        "HF_HUB_ETAG_TIMEOUT": "2",
-        "HF_HUB_DOWNLOAD_TIMEOUT": "2",
-        # Never the real hub: offline mode, or an endpoint where nothing listens.
-        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-    }
-    env.pop("HF_HUB_OFFLINE", None)
-    if offline:
-        env["HF_HUB_OFFLINE"] = "1"
     result = subprocess.run(
         [sys.executable, "-c", LOAD, name, revision],
-        env=env,
+        env=hub_env(cache, offline=offline),
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -154,6 +158,7 @@ def test_a_local_folder_has_no_revision(tiny_model):
     assert tiny_model.provenance["revision"] is None
 
 
+@pytest.mark.slow
 def test_every_file_comes_from_the_resolved_commit(hub_cache, tiny_path):
     """An older commit in the cache has other random strings; `main` must not borrow them,
     and asking for the older commit (or a tag naming it) must use its files only."""
@@ -238,25 +243,13 @@ def test_no_network_and_no_cache_fails_fast_in_one_line(tmp_path, offline):
 
 
 def test_the_cli_fails_with_one_line_when_the_hub_is_unreachable(tmp_path):
-    env = {
-        **os.environ,
-        "HF_HUB_CACHE": str(tmp_path / "empty-cache"),
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-        "HF_HUB_ETAG_TIMEOUT": "2",
-    }
-    env.pop("HF_HUB_OFFLINE", None)
-    result = subprocess.run(
-        [CLI, "serve", "--port", str(free_port()), "--data", str(tmp_path / "data")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    command = [CLI, "serve", "--port", str(free_port()), "--data", str(tmp_path / "data")]
+    env = hub_env(tmp_path / "empty-cache", offline=False)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("cde-rag serve: error: Cannot load 'jxm/cde-small-v2'")
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("cde-rag serve: error: Cannot load 'jxm/cde-small-v2'")
+    assert "could not be reached" in line and "hf download" in line
 
 
 def test_a_folder_named_like_a_hub_id_wins_but_says_so(tmp_path, tiny_path, hub_cache):
