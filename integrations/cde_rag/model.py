@@ -1,4 +1,9 @@
-"""`CDEModel`: load cde-small-v2 once, fit corpus contexts, embed documents and queries."""
+"""`CDEModel`: load cde-small-v2 once, fit corpus contexts, embed documents and queries.
+
+Over 500 lines because it is the engine's one public class: loading, contexts, embedding and
+the caches it keys are its methods, while the maths (`modeling`), tokens (`tokenization`),
+files (`checkpoint`, `hub`) and contexts (`context`) live in their own modules.
+"""
 
 from __future__ import annotations
 
