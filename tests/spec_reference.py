@@ -75,13 +75,17 @@ class SpecReference:
             ids = self._ids(prefix + text)
             tokens = self.second.embeddings(input_ids=ids)[0]
             hidden = self.second(inputs_embeds=torch.cat([ctx, tokens])[None]).last_hidden_state[0]
+            # The two pooling flags are independent: one drops the context rows, the other the
+            # document's own tokens up to the first colon after position 0.
+            context_rows, doc_rows = hidden[: len(ctx)], hidden[len(ctx) :]
+            if self.config.get("pool_ignore_instruction_tokens", False):
+                hits = [i for i, t in enumerate(ids[0].tolist()) if i > 0 and t == colon]
+                if hits:
+                    doc_rows = doc_rows[hits[0] + 1 :]
             if self.config.get("pool_ignore_contextual_tokens", True):
-                hidden = hidden[len(ctx) :]
-                doc_ids = ids[0].tolist()
-                if self.config.get("pool_ignore_instruction_tokens", False):
-                    hits = [i for i, t in enumerate(doc_ids) if i > 0 and t == colon]
-                    if hits:
-                        hidden = hidden[hits[0] + 1 :]
+                hidden = doc_rows
+            else:
+                hidden = torch.cat([context_rows, doc_rows])
             p = hidden.mean(dim=0)
             o = (
                 self._linear(

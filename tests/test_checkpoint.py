@@ -1,104 +1,10 @@
-"""Loading checkpoints: local folders, the hub path (offline, from a pre-filled cache), errors."""
+"""Loading checkpoints from local folders, and their errors (the hub path: test_hub.py)."""
 
 from __future__ import annotations
-
-import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from cde_rag import CDEModel, CheckpointError
-
-HUB_ID = "jxm/cde-small-v2"
-BACKBONE_ID = "answerdotai/ModernBERT-base"  # the real backbone id, served from the cache
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _cache_repo(cache: Path, repo_id: str, files: dict[str, Path | str]) -> None:
-    """Lay out files the way huggingface_hub's cache stores a snapshot of `main`."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
-    for name, source in files.items():
-        target = snapshot / name
-        if isinstance(source, Path):
-            shutil.copy(source, target)
-        else:
-            target.write_text(source)
-
-
-@pytest.fixture
-def hub_cache(tmp_path, tiny_path) -> Path:
-    tiny = Path(tiny_path)
-    cache = tmp_path / "hub"
-    config = json.loads((tiny / "config.json").read_text())
-    config["embedder"] = BACKBONE_ID
-    _cache_repo(
-        cache,
-        HUB_ID,
-        {
-            "config.json": json.dumps(config),
-            "model.safetensors": tiny / "model.safetensors",
-            "random_strings.txt": "\n".join(f"hub random {i}" for i in range(64)),
-        },
-    )
-    _cache_repo(cache, BACKBONE_ID, {p.name: p for p in (tiny / "backbone").iterdir()})
-    return cache
-
-
-# Runs in a fresh interpreter, so HF_HUB_OFFLINE and HF_HUB_CACHE apply from the start.
-LOAD_FROM_HUB = """
-import json, sys
-import numpy as np
-from cde_rag import CDEModel
-golden = json.load(open(sys.argv[2]))
-m = CDEModel.from_pretrained(sys.argv[1], device="cpu")
-ctx = m.context(golden["minicorpus"])
-print(json.dumps({
-    "name": m.name,
-    "context_error": float(np.abs(ctx.embeddings - np.array(golden["dataset_embeddings"])).max()),
-    "query_error": float(np.abs(
-        m.embed_queries(golden["queries"], context=ctx) - np.array(golden["query_embeddings"])
-    ).max()),
-    "fallback": m.fallback_context().minicorpus[0],
-}))
-"""
-
-
-def test_hub_id_loads_offline_from_the_cache(hub_cache, tiny_path):
-    expected = str(Path(tiny_path) / "expected.json")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache)}
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_FROM_HUB, HUB_ID, expected],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["name"] == HUB_ID
-    # The cached snapshot holds the golden weights and the backbone came from its own repo id.
-    assert out["context_error"] < 1e-4 and out["query_error"] < 1e-4
-    assert out["fallback"].startswith("hub random")  # random_strings.txt came from the cache
-
-
-def test_hub_id_missing_from_cache_fails_fast_with_the_remedy(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
-    code = "import sys; from cde_rag import CDEModel; CDEModel.from_pretrained(sys.argv[1])"
-    result = subprocess.run(
-        [sys.executable, "-c", code, "jxm/not-cached-model"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0
-    assert "CheckpointError" in result.stderr and "local checkpoint folder" in result.stderr
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):

@@ -45,7 +45,7 @@ def test_fingerprint_is_stable_across_processes(tiny_path, tiny_context, golden,
     code = (
         "import sys; from cde_rag import CDEModel; "
         "m = CDEModel.from_pretrained(sys.argv[1], device='cpu'); "
-        "print(m.context(open(sys.argv[2]).read().split('\\n')).fingerprint)"
+        "c = m.context(open(sys.argv[2]).read().split('\\n')); print(c.fingerprint, c.checksum)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, tiny_path, str(corpus)],
@@ -53,7 +53,53 @@ def test_fingerprint_is_stable_across_processes(tiny_path, tiny_context, golden,
         text=True,
         check=True,
     )
-    assert out.stdout.strip() == tiny_context.fingerprint
+    # Same recipe and same batching on the same machine: same identity and same numbers.
+    assert out.stdout.split() == [tiny_context.fingerprint, tiny_context.checksum]
+
+
+# -- what "the same context" means (issue 15 part 3) -------------------------------------------
+
+
+def test_fingerprint_is_the_recipe_whatever_the_batch_size(tiny_model, golden):
+    contexts = {
+        size: tiny_model.context(golden["minicorpus"], batch_size=size) for size in (1, 3, 32)
+    }
+    assert len({ctx.fingerprint for ctx in contexts.values()}) == 1
+    for ctx in contexts.values():  # the checksum follows the numbers, bit for bit
+        same_bits = np.array_equal(ctx.embeddings, contexts[32].embeddings)
+        assert (ctx.checksum == contexts[32].checksum) == same_bits == (ctx == contexts[32])
+        np.testing.assert_allclose(ctx.embeddings, contexts[32].embeddings, atol=1e-5)
+    fitted = tiny_model.fit_context(golden["documents"] * 3, seed=5, batch_size=3)
+    explicit = tiny_model.context(list(fitted.minicorpus))
+    assert fitted.fingerprint == explicit.fingerprint  # the texts decide, not how they were picked
+    reordered = tiny_model.context(list(fitted.minicorpus)[::-1])
+    assert reordered.fingerprint != fitted.fingerprint  # order sets the positions: another context
+
+
+def test_float32_and_bfloat16_fits_share_the_fingerprint_not_the_checksum(
+    tiny_path, tiny_model, golden, tmp_path
+):
+    exact = tiny_model.context(golden["minicorpus"])
+    fast_model = CDEModel.from_pretrained(tiny_path, device="cpu", dtype="bfloat16")
+    fast = fast_model.context(golden["minicorpus"])
+    assert fast_model.fingerprint == tiny_model.fingerprint
+    assert fast.fingerprint == exact.fingerprint and fast.fit_dtype == "bfloat16"
+    assert fast.checksum != exact.checksum and fast != exact
+    assert not np.array_equal(fast.embeddings, exact.embeddings)
+    # Records kept with stored vectors name both: the numbers decide whether they match.
+    assert exact.matches(exact.fingerprint, exact.checksum)
+    assert exact.matches(exact.fingerprint)  # a record without a checksum
+    assert not fast.matches(exact.fingerprint, exact.checksum)
+    assert not exact.matches(tiny_model.context_from_embeddings(exact.embeddings).fingerprint)
+    # The embedding cache is keyed by the numbers: vectors of one fit never serve the other.
+    model = CDEModel.from_pretrained(tiny_path, device="cpu", embedding_cache=tmp_path / "c.db")
+    texts = golden["documents"][:3]
+    first = model.embed_documents(texts, context=exact)
+    second = model.embed_documents(texts, context=fast)
+    assert model.cache_stats["embedding_hits"] == 0
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(model.embed_documents(texts, context=exact), first)
+    assert model.cache_stats["embedding_hits"] == 3
 
 
 def test_torn_and_tampered_files_are_clear_errors(tiny_context, tmp_path):
@@ -106,7 +152,14 @@ def test_context_from_another_model_is_refused(tiny_context, make_checkpoint):
 
 def test_context_from_embeddings(tiny_model, tiny_context):
     ctx = tiny_model.context_from_embeddings(tiny_context.embeddings)
-    assert ctx.kind == "embeddings" and ctx.fingerprint == tiny_context.fingerprint
+    assert ctx.kind == "embeddings" and ctx.minicorpus is None
+    # Same numbers: equal, and the same checksum; but given numbers are their own recipe.
+    assert ctx == tiny_context and ctx.checksum == tiny_context.checksum
+    assert ctx.fingerprint != tiny_context.fingerprint
+    assert ctx.fingerprint == tiny_model.context_from_embeddings(ctx.embeddings).fingerprint
+    moved = np.array(ctx.embeddings)
+    moved[0, 0] += 1e-3
+    assert tiny_model.context_from_embeddings(moved).fingerprint != ctx.fingerprint
     with pytest.raises(ContextError, match="shape"):
         tiny_model.context_from_embeddings(np.zeros((3, tiny_model.dim)))
 
@@ -124,3 +177,43 @@ def test_huge_finite_rows_are_refused_before_they_make_nan(tiny_model):
     rows[3, 0] = 3e38
     with pytest.raises(ContextError, match="row 3 has norm 3e.38"):
         tiny_model.context_from_embeddings(rows)
+
+
+def _rewrite_rows(path, rows):
+    """The saved file with its matrix replaced by `rows`, metadata untouched (a hand edit)."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = fh.metadata()
+    save_file({"embeddings": rows.astype(np.float32)}, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(3e38, r"row 3 has norm 3e\+38"), (np.inf, "NaN or infinite"), (np.nan, "NaN or infinite")],
+    ids=["huge", "inf", "nan"],
+)
+def test_loading_a_file_with_bad_rows_is_a_context_error(tiny_context, tmp_path, value, message):
+    path = tiny_context.save(tmp_path / "ctx.safetensors")
+    rows = np.array(tiny_context.embeddings)
+    rows[3, 0] = value
+    _rewrite_rows(path, rows)
+    before = path.read_bytes()
+    with pytest.raises(ContextError, match=message) as caught:
+        CorpusContext.load(path)
+    assert str(path) in str(caught.value)  # says which file
+    assert "malformed context metadata" not in str(caught.value)  # the rows are the problem
+    assert path.read_bytes() == before
+
+
+def test_llama_index_fit_and_engine_fit_share_the_fingerprint(tiny_model, golden):
+    """The case from issue 15: a LlamaIndex fit with embed_batch_size=4 and the engine's fit
+    with its default batch size are the same context (their numbers differ in the last bits)."""
+    from cde_rag.llama_index import CDEEmbedding
+
+    corpus = golden["documents"] * 3
+    emb = CDEEmbedding(model=tiny_model, embed_batch_size=4, corpus=corpus)
+    engine = tiny_model.fit_context(corpus)
+    assert emb.context_fingerprint == engine.fingerprint
+    np.testing.assert_allclose(emb.context.embeddings, engine.embeddings, atol=1e-5)

@@ -61,6 +61,10 @@ def test_long_document_is_truncated_to_512_tokens(tiny_model, tiny_context, gold
     [
         ({"pool_ignore_instruction_tokens": True}, {"local_attention": 8}),
         ({"pool_ignore_contextual_tokens": False}, {"local_attention": 8}),
+        (
+            {"pool_ignore_contextual_tokens": False, "pool_ignore_instruction_tokens": True},
+            {"local_attention": 8},
+        ),
         ({"limit_layers": 2, "limit_layers_first_stage": 3}, {"local_attention": 8}),
         (
             {"pool_ignore_instruction_tokens": True},
@@ -73,7 +77,13 @@ def test_long_document_is_truncated_to_512_tokens(tiny_model, tiny_context, gold
             },
         ),
     ],
-    ids=["ignore-instruction", "pool-context", "limit-layers", "other-heads-window-rope"],
+    ids=[
+        "ignore-instruction",
+        "pool-context",
+        "pool-context-ignore-instruction",
+        "limit-layers",
+        "other-heads-window-rope",
+    ],
 )
 def test_config_variants_follow_the_spec(make_checkpoint, golden, overrides, backbone):
     folder = make_checkpoint(config=overrides, backbone_config=backbone)

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cde_rag import InputError
+from cde_rag import CDEModel, CheckpointError, InputError
+from cde_rag.errors import NumericalError
 
 # Any Unicode text, control characters and lone surrogates' replacements included.
 texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=300)
@@ -94,3 +95,70 @@ def test_fitting_in_threads_while_embedding(tiny_model, tiny_context, golden):
         assert len({f.result() for f in fits}) == 1
         for e in embeds:
             np.testing.assert_allclose(e.result(), expected, atol=1e-5)
+
+
+# -- never NaN (issue 12 item 8) -----------------------------------------------------------
+
+
+def _scaled(key: str, factor: float):
+    def edit(weights):
+        weights[key] = weights[key] * factor
+        return weights
+
+    return edit
+
+
+def test_weights_with_nan_are_refused_when_loaded(make_checkpoint):
+    key = "second_stage_model.backbone.layers.1.mlp.Wi.weight"
+    folder = make_checkpoint(edit_weights=_scaled(key, float("nan")))
+    with pytest.raises(CheckpointError, match=rf"{key}.*NaN or infinite"):
+        CDEModel.from_pretrained(folder, device="cpu")
+
+
+def test_first_stage_weights_with_inf_are_refused_at_the_fit(make_checkpoint, golden):
+    key = "first_stage_model.mlp.0.weight"
+    model = CDEModel.from_pretrained(
+        make_checkpoint(edit_weights=_scaled(key, float("inf"))), device="cpu"
+    )
+    with pytest.raises(CheckpointError, match=rf"{key}.*NaN or infinite"):
+        model.fit_context(golden["documents"])
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "second_stage_model.backbone.layers.3.mlp.Wo.weight",  # NaN out of the backbone
+        "second_stage_model.output_projection.2.weight",  # overflows the norm: zero vectors
+    ],
+    ids=["nan", "zero"],
+)
+def test_finite_weights_that_overflow_give_an_error_not_nan(
+    make_checkpoint, golden, tiny_context, key
+):
+    """Finite but absurd weights (a damaged checkpoint) overflow float32 inside the model: the
+    engine refuses to return those vectors (or cache them) and says why."""
+    model = CDEModel.from_pretrained(make_checkpoint(edit_weights=_scaled(key, 1e38)), device="cpu")
+    ctx = model.context_from_embeddings(tiny_context.embeddings)
+    with pytest.raises(NumericalError, match=r"texts\[0\] \(2 of 2\).*float32.*damaged"):
+        model.embed_documents(["ok", "hello"], context=ctx)
+
+
+def test_first_stage_overflow_names_the_minicorpus_item(make_checkpoint, golden):
+    key = "first_stage_model.embedder.layers.3.mlp.Wo.weight"
+    model = CDEModel.from_pretrained(make_checkpoint(edit_weights=_scaled(key, 1e38)), device="cpu")
+    with pytest.raises(NumericalError, match=r"minicorpus\[0\]"):
+        model.context(golden["minicorpus"])
+
+
+def test_a_tampered_cache_row_is_recomputed_not_returned(tiny_path, tiny_context, tmp_path):
+    import sqlite3
+
+    model = CDEModel.from_pretrained(tiny_path, device="cpu", embedding_cache=tmp_path / "c.db")
+    texts = ["first text", "second text"]
+    expected = model.embed_documents(texts, context=tiny_context)
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        nan = np.full(model.dim, np.nan, dtype="<f4").tobytes()
+        assert conn.execute("UPDATE embeddings SET vector = ?", (nan,)).rowcount == 2
+    again = model.embed_documents(texts, context=tiny_context)
+    np.testing.assert_array_equal(again, expected)
+    assert model.cache_stats["embedding_misses"] == 4  # both computed again

@@ -63,7 +63,10 @@ class EmbeddingCache:
                     (dim, *chunk),
                 ).fetchall()
                 for key, blob in rows:
-                    found[bytes(key)] = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+                    vector = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+                    # A damaged or hand-edited row is a miss: computed again, never returned.
+                    if vector.shape == (dim,) and np.isfinite(vector).all():
+                        found[bytes(key)] = vector
             hits = sum(1 for key in keys if key in found)
             self.hits += hits
             self.misses += len(keys) - hits

@@ -3,36 +3,39 @@
 Only what the engine needs is fetched: the contextual config, the weights, the optional
 `random_strings.txt`, and the backbone's config and tokenizer (never the backbone's weights,
 which the contextual checkpoint already contains twice).
+
+Hub ids are read through `hub.HubSnapshot`, pinned to one commit per load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .hub import BACKBONE_FILES, HubSnapshot
+
+log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-BACKBONE_FILES = (
-    "config.json",
+BACKBONE_REQUIRED = ("config.json", "tokenizer.json")
+# Every file of the backbone folder the tokenizer reads; all of them change the token ids.
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "added_tokens.json",
 )
 RANDOM_STRINGS_FILE = "random_strings.txt"
-_SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
-
-OFFLINE_HINT = (
-    "If this machine cannot reach the Hugging Face hub, download the checkpoint elsewhere "
-    "(`huggingface-cli download jxm/cde-small-v2` and the backbone `answerdotai/ModernBERT-base`, "
-    "config and tokenizer only), copy the hub cache here and set HF_HUB_OFFLINE=1, or pass a local "
-    "checkpoint folder instead of a hub id."
-)
+# `owner/name`, as the hub spells repo ids (a folder given as `./owner/name` is never one).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -100,17 +103,66 @@ class ResolvedCheckpoint:
     weights_path: Path
     backbone_dir: Path
     random_strings_path: Path | None
+    backbone_revision: str | None = None
+    # Why `random_strings.txt` could not be looked up, if it could not (offline, not cached).
+    random_strings_unknown: str | None = None
 
     def weights_sha256(self) -> str:
-        """Content hash of the weights, cheap when the hub cache already names blobs by it."""
-        real = self.weights_path.resolve()
-        if _SHA256_NAME.match(real.name) and real.parent.name == "blobs":
-            return real.name
+        """Content hash of the weights (never their file name: a hub blob named by a hash can
+        still hold other bytes), computed once per file and process."""
+        return _content_sha256(self.weights_path)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Everything that changes the vectors, by content: the weights, the contextual config,
+        the backbone config and the tokenizer files. `random_strings.txt` is left out on
+        purpose: it only picks the fallback context's texts, which that context's own
+        fingerprint covers, and fitted contexts do not depend on it."""
+        digest = hashlib.sha256(b"cde-rag-model/2\n")
+        digest.update(f"weights {self.weights_sha256()}\n".encode())
+        digest.update(b"config " + _canonical_json(self.config.raw) + b"\n")
+        backbone = json.loads((self.backbone_dir / "config.json").read_text(encoding="utf-8"))
+        digest.update(b"backbone config " + _canonical_json(backbone) + b"\n")
+        for filename in TOKENIZER_FILES:
+            path = self.backbone_dir / filename
+            content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "-"
+            digest.update(f"{filename} {content}\n".encode())
+        return digest.hexdigest()[:32]
+
+    @cached_property
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint cde-rag's context format 1 recorded (weights, configs and
+        tokenizer.json only), so contexts and collections saved then still open."""
+        digest = hashlib.sha256(b"cde-rag-model/1\n")
+        digest.update(self.weights_sha256().encode())
+        digest.update(json.dumps(self.config.raw, sort_keys=True).encode())
+        for filename in ("config.json", "tokenizer.json"):
+            path = self.backbone_dir / filename
+            if path.is_file():
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()[:32]
+
+
+_CONTENT_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def _content_sha256(path: Path) -> str:
+    real = path.resolve()
+    stat = real.stat()
+    key = (str(real), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    found = _CONTENT_HASHES.get(key)
+    if found is None:
         digest = hashlib.sha256()
         with open(real, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(chunk)
-        return digest.hexdigest()
+        found = _CONTENT_HASHES[key] = digest.hexdigest()
+    return found
+
+
+def _canonical_json(value: object) -> bytes:
+    """JSON with sorted keys: reformatting a config file does not change what it means."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def resolve_checkpoint(
@@ -120,11 +172,26 @@ def resolve_checkpoint(
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
 ) -> ResolvedCheckpoint:
-    """Locate a checkpoint's files, downloading from the hub only when given a hub id."""
+    """Locate a checkpoint's files, downloading from the hub only when given a hub id.
+
+    An existing folder wins over a hub id of the same spelling (as in transformers), with a
+    warning that names the folder: write `./owner/name` to mean the folder and silence it.
+    """
     name = os.fspath(name_or_path)
     local = Path(name).expanduser()
     if local.is_dir():
-        return _resolve_local(local, name)
+        if _HUB_ID.match(name):
+            log.warning(
+                "Loading %r from the folder %s, not from the hub repo of that name. Write "
+                "./%s to mean the folder (no warning), or run from another directory to load "
+                "the hub repo.",
+                name,
+                local.resolve(),
+                name,
+            )
+        if revision is not None:
+            log.warning("revision=%r is ignored: %s is a local folder.", revision, name)
+        return _resolve_local(local, name, cache_dir=cache_dir, token=token)
     if local.exists():
         raise CheckpointError(f"{name} is a file; pass the checkpoint *folder* (with config.json).")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
@@ -149,7 +216,14 @@ def _read_config(path: Path, source: str) -> ContextualConfig:
     return ContextualConfig.from_dict(raw, source)
 
 
-def _resolve_local(folder: Path, name: str) -> ResolvedCheckpoint:
+def _resolve_local(
+    folder: Path,
+    name: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None,
+    token: str | bool | None,
+) -> ResolvedCheckpoint:
+    log.info("Loading checkpoint %s from the folder %s.", name, folder.resolve())
     config = _read_config(folder / "config.json", name)
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
@@ -157,7 +231,9 @@ def _resolve_local(folder: Path, name: str) -> ResolvedCheckpoint:
             f"{name} has no weights: expected one of {', '.join(WEIGHT_FILES)} in that folder."
         )
     random_strings = folder / RANDOM_STRINGS_FILE
-    backbone_dir = _resolve_backbone(config.embedder, base=folder, revision=None)
+    backbone_dir, backbone_commit = _resolve_backbone(
+        config.embedder, base=folder, cache_dir=cache_dir, token=token
+    )
     return ResolvedCheckpoint(
         name=name,
         revision=None,
@@ -165,6 +241,7 @@ def _resolve_local(folder: Path, name: str) -> ResolvedCheckpoint:
         weights_path=weights,
         backbone_dir=backbone_dir,
         random_strings_path=random_strings if random_strings.is_file() else None,
+        backbone_revision=backbone_commit,
     )
 
 
@@ -175,32 +252,28 @@ def _resolve_hub(
     cache_dir: str | os.PathLike[str] | None,
     token: str | bool | None,
 ) -> ResolvedCheckpoint:
-    def fetch(filename: str, required: bool = True) -> Path | None:
-        return _hub_file(repo_id, filename, revision, cache_dir, token, required)
-
-    config_path = fetch("config.json")
-    assert config_path is not None
+    repo = HubSnapshot(repo_id, revision, cache_dir=cache_dir, token=token)
+    config_path = repo.require("config.json")
     config = _read_config(config_path, repo_id)
-    weights = None
-    for filename in WEIGHT_FILES:
-        weights = fetch(filename, required=False)
-        if weights is not None:
-            break
-    if weights is None:
-        raise CheckpointError(
-            f"{repo_id} has no weights file ({' or '.join(WEIGHT_FILES)}) on the hub or in the "
-            f"local cache. {OFFLINE_HINT}"
-        )
-    backbone_dir = _resolve_backbone(
-        config.embedder, base=config_path.parent, revision=None, cache_dir=cache_dir, token=token
+    weights = repo.first_of(WEIGHT_FILES)
+    random_strings, unknown = None, None
+    try:
+        random_strings = repo.optional(RANDOM_STRINGS_FILE)
+    except CheckpointError as exc:  # only the fallback context needs it: fail there, not here
+        unknown = str(exc)
+        log.info("%s", unknown)
+    backbone_dir, backbone_commit = _resolve_backbone(
+        config.embedder, base=config_path.parent, cache_dir=cache_dir, token=token
     )
     return ResolvedCheckpoint(
         name=repo_id,
-        revision=revision,
+        revision=repo.commit,
         config=config,
         weights_path=weights,
         backbone_dir=backbone_dir,
-        random_strings_path=fetch(RANDOM_STRINGS_FILE, required=False),
+        random_strings_path=random_strings,
+        backbone_revision=backbone_commit,
+        random_strings_unknown=unknown,
     )
 
 
@@ -208,64 +281,23 @@ def _resolve_backbone(
     embedder: str,
     *,
     base: Path,
-    revision: str | None,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
-) -> Path:
-    """The backbone folder: relative to the checkpoint, an absolute folder, or a hub id."""
-    for candidate in (base / embedder, Path(embedder).expanduser()):
-        if candidate.is_dir():
+) -> tuple[Path, str | None]:
+    """The backbone folder and its hub commit (None for a folder): a folder relative to the
+    checkpoint, an absolute folder, or a hub id (never a folder relative to the current
+    directory, which would silently shadow the hub id)."""
+    path = Path(embedder).expanduser()
+    for candidate in (base / embedder, path if path.is_absolute() else None):
+        if candidate is not None and candidate.is_dir():
             if not (candidate / "config.json").is_file():
                 raise CheckpointError(f"Backbone folder {candidate} has no config.json.")
-            return candidate
-    config_path = _hub_file(embedder, "config.json", revision, cache_dir, token, required=True)
-    assert config_path is not None
+            return candidate, None
+    repo = HubSnapshot(embedder, None, cache_dir=cache_dir, token=token, backbone=True)
+    config_path = repo.require("config.json")
     for filename in BACKBONE_FILES[1:]:
-        _hub_file(embedder, filename, revision, cache_dir, token, required=False)
-    return config_path.parent
-
-
-def _hub_file(
-    repo_id: str,
-    filename: str,
-    revision: str | None,
-    cache_dir: str | os.PathLike[str] | None,
-    token: str | bool | None,
-    required: bool,
-) -> Path | None:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        return Path(
-            hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token)
-        )
-    except (EntryNotFoundError, LocalEntryNotFoundError) as exc:
-        # Offline, a file absent from the cache looks the same as a file absent from the repo.
-        if not required:
-            return None
-        raise CheckpointError(
-            f"Could not get {filename} of {repo_id!r} (revision {revision or 'main'}): "
-            f"{type(exc).__name__}. {OFFLINE_HINT}"
-        ) from exc
-    except HFValidationError as exc:
-        raise CheckpointError(
-            f"{repo_id!r} is neither an existing folder nor a valid hub id ({exc})."
-        ) from exc
-    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise CheckpointError(
-            f"{repo_id!r} (revision {revision or 'main'}) was not found on the hub: check the "
-            "name and revision, or log in (`huggingface-cli login`) for a private repo."
-        ) from exc
-    except OSError as exc:  # connection errors are OSErrors too
-        if not required:
-            return None
-        raise CheckpointError(
-            f"Could not download {filename} of {repo_id!r}: {exc}. {OFFLINE_HINT}"
-        ) from exc
+        if filename in BACKBONE_REQUIRED:
+            repo.require(filename)
+        else:
+            repo.optional(filename)
+    return config_path.parent, repo.commit

@@ -15,6 +15,10 @@ class CheckpointError(CDEError, ValueError):
     """A checkpoint is missing, unreadable, or has a layout the engine does not support."""
 
 
+class UnsupportedTransformersError(CheckpointError):
+    """The installed transformers lacks a ModernBERT internal the engine relies on."""
+
+
 class ContextError(CDEError, ValueError):
     """A corpus context is missing, malformed, or belongs to another model."""
 
@@ -29,3 +33,7 @@ class NotFittedError(ContextError):
 
 class InputError(CDEError, TypeError):
     """Texts handed to the engine are not a list of strings."""
+
+
+class NumericalError(CDEError, ArithmeticError):
+    """The model computed NaN or infinite values; the engine refuses to return them."""

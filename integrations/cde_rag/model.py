@@ -1,4 +1,9 @@
-"""`CDEModel`: load cde-small-v2 once, fit corpus contexts, embed documents and queries."""
+"""`CDEModel`: load cde-small-v2 once, fit corpus contexts, embed documents and queries.
+
+Over 500 lines because it is the engine's one public class: loading, contexts, embedding and
+the caches it keys are its methods, while the maths (`modeling`), tokens (`tokenization`),
+files (`checkpoint`, `hub`) and contexts (`context`) live in their own modules.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,11 @@ import contextlib
 import ctypes
 import gc
 import hashlib
-import json
 import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from functools import cached_property
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -28,7 +31,14 @@ from .context import (
     model_mismatch_message,
     sample_minicorpus,
 )
-from .errors import CheckpointError, ContextError, ContextMismatchError, InputError, NotFittedError
+from .errors import (
+    CheckpointError,
+    ContextError,
+    ContextMismatchError,
+    InputError,
+    NotFittedError,
+    NumericalError,
+)
 from .modeling import (
     FIRST_STAGE,
     SECOND_STAGE,
@@ -227,6 +237,27 @@ class CDEModel:
         return self.checkpoint.name
 
     @property
+    def revision(self) -> str | None:
+        """The hub commit the checkpoint was loaded from (None for a local folder)."""
+        return self.checkpoint.revision
+
+    @property
+    def backbone_revision(self) -> str | None:
+        """The hub commit of the backbone's config and tokenizer (None for a local folder)."""
+        return self.checkpoint.backbone_revision
+
+    @property
+    def provenance(self) -> dict[str, str | None]:
+        """Where this model came from, JSON-friendly: record it wherever vectors are stored."""
+        return {
+            "model": self.name,
+            "revision": self.revision,
+            "backbone": self.config.embedder,
+            "backbone_revision": self.backbone_revision,
+            "fingerprint": self.fingerprint,
+        }
+
+    @property
     def corpus_size(self) -> int:
         """N: how many minicorpus documents a context holds (512 for cde-small-v2)."""
         return self.config.corpus_size
@@ -239,22 +270,21 @@ class CDEModel:
     def max_length(self) -> int:
         return self.config.max_seq_length
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
-        """Identifies weights, configs and tokenizer: what a context must agree with."""
-        digest = hashlib.sha256(b"cde-rag-model/1\n")
-        digest.update(self.checkpoint.weights_sha256().encode())
-        digest.update(json.dumps(self.config.raw, sort_keys=True).encode())
-        for filename in ("config.json", "tokenizer.json"):
-            path = self.checkpoint.backbone_dir / filename
-            if path.is_file():
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-        return digest.hexdigest()[:32]
+        """Identifies everything that changes the vectors, by content (weights, configs,
+        tokenizer files): what a context and stored vectors must agree with."""
+        return self.checkpoint.fingerprint
+
+    def matches_fingerprint(self, fingerprint: str | None) -> bool:
+        """Whether a recorded model fingerprint names this model: today's, or the one cde-rag's
+        context format 1 recorded (it covered the weights, configs and tokenizer.json only)."""
+        return fingerprint in (self.fingerprint, self.checkpoint.legacy_fingerprint)
 
     def __repr__(self) -> str:
         return (
             f"CDEModel({self.name!r}, corpus_size={self.corpus_size}, dim={self.dim}, "
-            f"device={self.device}, dtype={str(self.dtype).removeprefix('torch.')})"
+            f"device={self.device}, dtype={_dtype_name(self.dtype)})"
         )
 
     # -- contexts ------------------------------------------------------------------------------
@@ -315,7 +345,11 @@ class CDEModel:
         return self._new_context(array, "embeddings", None)
 
     def random_strings(self) -> list[str]:
-        """The checkpoint's `random_strings.txt`, or deterministic random strings without one."""
+        """The checkpoint's `random_strings.txt`, or deterministic random strings when the
+        checkpoint has none. When whether it has one cannot be known (offline, not cached),
+        this is a `CheckpointError`: other strings would make another context silently."""
+        if self.checkpoint.random_strings_unknown:
+            raise CheckpointError(self.checkpoint.random_strings_unknown)
         path = self.checkpoint.random_strings_path
         if path is not None:
             lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -339,7 +373,7 @@ class CDEModel:
             )
         if not isinstance(context, CorpusContext):
             raise ContextError(f"context must be a CorpusContext, got {type(context).__name__}.")
-        if context.model_fingerprint != self.fingerprint:
+        if not self.matches_fingerprint(context.model_fingerprint):
             raise ContextMismatchError(
                 model_mismatch_message(
                     context.model_name, context.model_fingerprint, self.name, self.fingerprint
@@ -369,6 +403,9 @@ class CDEModel:
             minicorpus=tuple(minicorpus) if minicorpus is not None else None,
             seed=seed,
             source_size=source_size,
+            model_revision=self.revision,
+            backbone_revision=self.backbone_revision,
+            fit_dtype=None if kind == "embeddings" else _dtype_name(self.dtype),
         )
 
     # -- embedding -----------------------------------------------------------------------------
@@ -428,7 +465,8 @@ class CDEModel:
         keys: list[bytes] = []
         found: dict[bytes, np.ndarray] = {}
         if cache is not None:
-            namespace = f"{context.fingerprint}/{str(self.dtype).removeprefix('torch.')}"
+            # The checksum, not the fingerprint: the exact numbers decide the vectors.
+            namespace = f"{context.checksum}/{_dtype_name(self.dtype)}"
             keys = [cache.key(namespace, input_type, text) for text in texts]
             found = cache.get_many(keys, self.dim)
         # Each distinct text not in the cache is computed once, even if repeated in `texts`.
@@ -448,6 +486,7 @@ class CDEModel:
             show_progress,
             f"Embedding {input_type}s",
         )
+        self._refuse_bad_vectors(vectors, lambda i: f"texts[{todo[unique[i]][0]}]", unit=True)
         for text, vector in zip(unique, vectors, strict=True):
             out[todo[text]] = vector
         if cache is not None:
@@ -497,7 +536,7 @@ class CDEModel:
     ) -> np.ndarray:
         """First-stage embeddings of `minicorpus`, from the in-memory context cache when these
         exact texts were embedded before by this model with the same batch size (batching
-        changes the last bits, and a context's fingerprint is byte-exact)."""
+        changes the last bits, and a context's checksum is byte-exact)."""
         size = _positive(self.batch_size if batch_size is None else batch_size, "batch_size")
         digest = hashlib.sha256(f"batch={size}\n".encode())
         for text in minicorpus:
@@ -546,7 +585,37 @@ class CDEModel:
         finally:
             del stage
             _release_memory()
+        self._refuse_bad_vectors(out, lambda i: f"minicorpus[{i}]", unit=False)
         return out
+
+    def _refuse_bad_vectors(
+        self, vectors: np.ndarray, label: Callable[[int], str], *, unit: bool
+    ) -> None:
+        """Refuse NaN, infinite or (for `unit` embeddings) unnormalisable rows: they would break
+        search and JSON downstream, so an overflow inside the model is an error, never output."""
+        with np.errstate(all="ignore"):
+            ok = np.isfinite(vectors).all(axis=1)
+            if unit:
+                ok &= np.abs(np.linalg.norm(vectors, axis=1) - 1) < 1e-3
+        if ok.all():
+            return
+        bad = np.flatnonzero(~ok)
+        dtype = _dtype_name(self.dtype)
+        if self.dtype != torch.float32:
+            cause = (
+                f"It computes in {dtype}, whose range or precision overflowed: load the model "
+                "with dtype='float32'. If that fails too, the checkpoint is damaged."
+            )
+        else:
+            cause = (
+                "Its float32 computation overflowed, which a trained cde-small-v2 never does: the "
+                "checkpoint's weights are damaged (finite but absurd values). Download it again, "
+                "or compare model.fingerprint with a known-good copy."
+            )
+        raise NumericalError(
+            f"The model computed NaN, infinite or zero vectors for {label(int(bad[0]))} "
+            f"({len(bad)} of {len(vectors)}) and refused to return them. {cause}"
+        )
 
     def _read_weights(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The tensors under `prefix`, and shape-only (meta) stand-ins for every other key."""
@@ -616,6 +685,10 @@ def _release_memory() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _prefix(input_type: str) -> str:

@@ -11,15 +11,24 @@ from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
 import torch
+import transformers
 from torch import nn
 from torch.nn import functional as F
 from transformers import ModernBertConfig, ModernBertModel
-from transformers.models.modernbert.modeling_modernbert import ModernBertRotaryEmbedding
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UnsupportedTransformersError
+
+try:
+    from transformers.models.modernbert.modeling_modernbert import ModernBertRotaryEmbedding
+except ImportError:  # reported, with the supported range, when a model loads
+    ModernBertRotaryEmbedding = None  # type: ignore[assignment,misc]
 
 FIRST_STAGE = "first_stage_model."
 SECOND_STAGE = "second_stage_model."
+# The transformers releases whose ModernBERT internals `run_backbone` was tested against; keep
+# in step with pyproject.toml. `check_backbone_contract` checks the internals themselves.
+SUPPORTED_TRANSFORMERS = ">=5.0,<5.25"
+_LAYER_TYPES = {"full_attention", "sliding_attention"}
 
 
 def backbone_config(base: ModernBertConfig, limit_layers: int | None) -> ModernBertConfig:
@@ -205,6 +214,68 @@ def run_backbone(
     return backbone.final_norm(x)
 
 
+def check_backbone_contract(backbone: ModernBertModel) -> None:
+    """Fail at load, naming the supported transformers range, when ModernBERT's internals are
+    not what `run_backbone` re-implements: it reads them directly instead of calling the
+    model, so a renamed attribute or a changed convention would otherwise give wrong vectors
+    or an obscure error at the first embedding."""
+
+    def fail(what: str) -> UnsupportedTransformersError:
+        return UnsupportedTransformersError(
+            f"The installed transformers {transformers.__version__} does not provide what "
+            f"cde-rag's engine relies on in ModernBERT ({what}). cde-rag supports transformers"
+            f"{SUPPORTED_TRANSFORMERS}: pip install 'transformers{SUPPORTED_TRANSFORMERS}'."
+        )
+
+    if ModernBertRotaryEmbedding is None:
+        raise fail("modeling_modernbert.ModernBertRotaryEmbedding is missing")
+    config = backbone.config
+    layer_types = getattr(config, "layer_types", None)
+    layers = getattr(backbone, "layers", None)
+    if not isinstance(layer_types, (list, tuple)) or not set(layer_types) <= _LAYER_TYPES:
+        raise fail(f"config.layer_types is {layer_types!r}, not a list of {sorted(_LAYER_TYPES)}")
+    if not isinstance(layers, nn.ModuleList) or len(layers) != len(layer_types):
+        raise fail("model.layers does not hold one layer per config.layer_types entry")
+    embeddings = getattr(backbone, "embeddings", None)
+    for name in ("tok_embeddings", "norm"):
+        if not isinstance(getattr(embeddings, name, None), nn.Module):
+            raise fail(f"model.embeddings.{name} is missing")
+    if not isinstance(getattr(backbone, "final_norm", None), nn.Module):
+        raise fail("model.final_norm is missing")
+    rotary = getattr(backbone, "rotary_emb", None)
+    for layer_type in set(layer_types):
+        inv_freq = getattr(rotary, f"{layer_type}_inv_freq", None)
+        scaling = getattr(rotary, f"{layer_type}_attention_scaling", None)
+        if not isinstance(inv_freq, torch.Tensor) or not isinstance(scaling, (int, float)):
+            raise fail(f"rotary_emb.{layer_type}_inv_freq / _attention_scaling are missing")
+    hidden = config.hidden_size
+    for index, (layer, layer_type) in enumerate(zip(layers, layer_types, strict=True)):
+        where = f"layers[{index}]"
+        if getattr(layer, "attention_type", None) != layer_type:
+            raise fail(f"{where}.attention_type is not config.layer_types[{index}]")
+        attn, mlp = getattr(layer, "attn", None), getattr(layer, "mlp", None)
+        for owner, name in ((layer, "attn_norm"), (layer, "mlp_norm"), (mlp, "act")):
+            if not callable(getattr(owner, name, None)):
+                raise fail(f"{where}.{name} is missing")
+        for owner, name, rows in (
+            (attn, "Wqkv", 3 * hidden),
+            (attn, "Wo", hidden),
+            (mlp, "Wi", 2 * config.intermediate_size),
+            (mlp, "Wo", hidden),
+        ):
+            linear = getattr(owner, name, None)
+            if not isinstance(linear, nn.Linear) or linear.out_features != rows:
+                raise fail(f"{where} has no {name} linear layer of {rows} outputs")
+        # The engine attends within `sliding_window - 1` positions each side: local_attention/2.
+        window = getattr(attn, "sliding_window", "missing")
+        expected = config.local_attention // 2 + 1 if layer_type == "sliding_attention" else None
+        if window != expected:
+            raise fail(
+                f"{where}.attn.sliding_window is {window!r}, expected {expected!r} for "
+                f"local_attention {config.local_attention}"
+            )
+
+
 def _segment_means(rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
     """Mean of each run of `counts[i]` consecutive rows (zeros for an empty run)."""
     sums = [part.sum(dim=0) for part in torch.split(rows, list(counts))]
@@ -219,6 +290,7 @@ class FirstStage(nn.Module):
         super().__init__()
         with torch.device("meta"):
             self.embedder = ModernBertModel(config)
+        check_backbone_contract(self.embedder)
         self.mlp = _mlp(weights, f"{FIRST_STAGE}mlp.", nn.GELU())
 
     def forward(self, input_ids: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
@@ -242,6 +314,7 @@ class SecondStage(nn.Module):
         super().__init__()
         with torch.device("meta"):
             self.backbone = ModernBertModel(config)
+        check_backbone_contract(self.backbone)
         self.prompt_projection = _mlp(weights, f"{SECOND_STAGE}prompt_projection.", nn.ReLU())
         self.output_projection = _mlp(weights, f"{SECOND_STAGE}output_projection.", nn.ReLU())
         self.pool_ignore_contextual_tokens = pool_ignore_contextual_tokens
@@ -347,6 +420,12 @@ def load_stage(
 ) -> nn.Module:
     """Move a meta-built stage onto real weights (checked by `check_keys`)."""
     own = check_keys(module, weights, prefix, limit_layers)
+    for name, tensor in own.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(
+                f"Weight {prefix}{name} contains NaN or infinite values: the checkpoint file is "
+                "damaged. Download it again (or restore the folder from a good copy)."
+            )
     module.load_state_dict(own, assign=True)
     backbones = [sub for sub in module.modules() if isinstance(sub, ModernBertModel)]
     for sub in backbones:  # off the meta device before moving
