@@ -35,13 +35,13 @@ from chromadb.errors import NotFoundError
 from chromadb.utils.embedding_functions import register_embedding_function
 from tqdm.auto import tqdm
 
-from .context import DEFAULT_SEED, CorpusContext
-from .errors import CDEError, CheckpointError, ContextError, ContextMismatchError, InputError
-from .model import PROGRESS_MIN_TEXTS, CDEModel, DTypeLike, check_texts, shared_model
+from ..context import DEFAULT_SEED, CorpusContext
+from ..errors import CDEError, CheckpointError, ContextError, ContextMismatchError, InputError
+from ..model import PROGRESS_MIN_TEXTS, CDEModel, DTypeLike, check_texts, shared_model
 
 if TYPE_CHECKING:
-    from .langchain import CDEEmbeddings
-    from .llama_index import CDEEmbedding
+    from ..langchain import CDEEmbeddings
+    from ..llama_index import CDEEmbedding
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -544,7 +544,7 @@ def get_model(collection: Collection) -> CDEModel:
 def langchain_embeddings(collection: Collection, **kwargs: Any) -> CDEEmbeddings:
     """LangChain `Embeddings` (cde_rag.langchain.CDEEmbeddings) with the collection's stored
     model and context, for `langchain_chroma.Chroma(client=..., collection_name=...)`."""
-    from .langchain import CDEEmbeddings
+    from ..langchain import CDEEmbeddings
 
     return CDEEmbeddings(model=get_model(collection), context=get_context(collection), **kwargs)
 
@@ -552,7 +552,7 @@ def langchain_embeddings(collection: Collection, **kwargs: Any) -> CDEEmbeddings
 def llama_index_embedding(collection: Collection, **kwargs: Any) -> CDEEmbedding:
     """A LlamaIndex embedding (cde_rag.llama_index.CDEEmbedding) with the collection's stored
     model and context, for `ChromaVectorStore(chroma_collection=collection)`."""
-    from .llama_index import CDEEmbedding
+    from ..llama_index import CDEEmbedding
 
     return CDEEmbedding(model=get_model(collection), context=get_context(collection), **kwargs)
 
