@@ -18,16 +18,15 @@ from Chroma once per process and cached by fingerprint.
 One module per job: `context_store` (the companion collection and the context cache),
 `embedding_function` (the function registered with Chroma), `collection` (create, open, delete,
 and what a collection records), `records` (adding documents), `rebuild` (moving to a new context).
-Every use of chromadb internals goes through `_compat`, which checks the chromadb version.
+Every use of chromadb internals goes through `_compat`, which checks the chromadb version. The
+LangChain and LlamaIndex helpers are the adapters' `from_chroma` (the old functions here are
+deprecated).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from chromadb.api.models.Collection import Collection
-
 from .._adapters import DEFAULT_MODEL
+from ._deprecated import langchain_embeddings, llama_index_embedding
 from .collection import (
     MAX_NAME_LENGTH,
     CollectionExistsError,
@@ -44,10 +43,6 @@ from .context_store import write_context as _write_context  # noqa: F401
 from .embedding_function import EF_NAME, CDEEmbeddingFunction
 from .rebuild import rebuild_collection
 from .records import AddResult, add_documents, document_id
-
-if TYPE_CHECKING:
-    from ..langchain import CDEEmbeddings
-    from ..llama_index import CDEEmbedding
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -67,19 +62,3 @@ __all__ = [
     "open_collection",
     "rebuild_collection",
 ]
-
-
-def langchain_embeddings(collection: Collection, **kwargs: Any) -> CDEEmbeddings:
-    """LangChain `Embeddings` (cde_rag.langchain.CDEEmbeddings) with the collection's stored
-    model and context, for `langchain_chroma.Chroma(client=..., collection_name=...)`."""
-    from ..langchain import CDEEmbeddings
-
-    return CDEEmbeddings(model=get_model(collection), context=get_context(collection), **kwargs)
-
-
-def llama_index_embedding(collection: Collection, **kwargs: Any) -> CDEEmbedding:
-    """A LlamaIndex embedding (cde_rag.llama_index.CDEEmbedding) with the collection's stored
-    model and context, for `ChromaVectorStore(chroma_collection=collection)`."""
-    from ..llama_index import CDEEmbedding
-
-    return CDEEmbedding(model=get_model(collection), context=get_context(collection), **kwargs)

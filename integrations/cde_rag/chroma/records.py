@@ -18,7 +18,8 @@ from chromadb.api.models.Collection import Collection
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..model import PROGRESS_MIN_TEXTS, check_texts
+from ..model import check_texts
+from ..progress import progress_bar_enabled
 from ._compat import server_of
 from .collection import bound_function
 
@@ -123,7 +124,7 @@ def store_missing(
     todo = [i for i in unique if ids[i] not in stored]
 
     total = len(todo)
-    show = total >= PROGRESS_MIN_TEXTS if show_progress is None else show_progress
+    show = progress_bar_enabled(show_progress, count=total)
     if progress is not None:
         progress(0, total)
     done = 0
