@@ -14,13 +14,7 @@ import tempfile
 
 import chromadb
 
-from cde_rag.chroma import (
-    add_documents,
-    create_collection,
-    get_context,
-    langchain_embeddings,
-    open_collection,
-)
+from cde_rag.chroma import add_documents, create_collection, get_context, open_collection
 
 DOCUMENTS = [
     "The Amazon river carries more water than any other river on Earth.",
@@ -66,12 +60,14 @@ def main(model: str, folder: str) -> None:
     # 5. LangChain on the same collection, with the stored context.
     try:
         from langchain_chroma import Chroma
+
+        from cde_rag.langchain import CDEEmbeddings
     except ImportError:
         return
     store = Chroma(
         client=client,
         collection_name="docs",
-        embedding_function=langchain_embeddings(reopened),
+        embedding_function=CDEEmbeddings.from_chroma(reopened),
         create_collection_if_not_exists=False,
     )
     top = store.similarity_search(QUERY, k=1)[0].page_content

@@ -137,7 +137,7 @@ def test_build_from_config_loads_nothing_and_contexts_are_read_once(
     lazy = CDEEmbeddingFunction.build_from_config({**config, "model": "/no/such/checkpoint"})
     assert lazy.model_spec == "/no/such/checkpoint"  # nothing loaded, nothing raised
 
-    import cde_rag.chroma as module
+    from cde_rag.chroma import context_store as module
 
     built = []
     monkeypatch.setattr(module, "_CONTEXTS", {})
@@ -327,7 +327,7 @@ def test_refuses_a_missing_context_collection(client, filled, golden):
 
 
 def test_refuses_an_altered_context_collection(client, filled, tiny_model):
-    import cde_rag.chroma as module
+    from cde_rag.chroma import context_store as module
 
     config = filled.configuration_json["embedding_function"]["config"]
     store = client.get_collection(config["context_collection"])

@@ -18,10 +18,10 @@ from cde_rag.chroma import (
     document_id,
     get_context,
     get_model,
-    langchain_embeddings,
-    llama_index_embedding,
     open_collection,
 )
+from cde_rag.langchain import CDEEmbeddings
+from cde_rag.llama_index import CDEEmbedding
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "chroma_quickstart.py"
 
@@ -49,7 +49,7 @@ def _stored_vector(col, doc_id: str) -> np.ndarray:
 def test_langchain_chroma_uses_the_stored_context(client, col, tiny_model, golden):
     from langchain_chroma import Chroma
 
-    embeddings = langchain_embeddings(col)
+    embeddings = CDEEmbeddings.from_chroma(col)
     assert embeddings.context == get_context(col) and embeddings.model is get_model(col)
     store = Chroma(
         client=client,
@@ -74,7 +74,7 @@ def test_llama_index_chroma_vector_store_uses_the_stored_context(col, tiny_model
     from llama_index.core.schema import TextNode
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
-    embed_model = llama_index_embedding(col)
+    embed_model = CDEEmbedding.from_chroma(col)
     index = VectorStoreIndex.from_vector_store(
         ChromaVectorStore(chroma_collection=col), embed_model=embed_model
     )

@@ -3,6 +3,8 @@
 Both adapters need the same rules, so they live here once: a context is set explicitly (fitted
 on the whole corpus, loaded, or the opt-in fallback) and never fitted lazily inside an embed
 call, because frameworks hand documents over in slices and a lazy fit would see only the first.
+`ContextHolder` keeps the model and context; `ContextMixin` is the context API both adapters
+expose over it.
 """
 
 from __future__ import annotations
@@ -10,14 +12,19 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .context import DEFAULT_SEED, CorpusContext
 from .errors import ContextError, InputError, NotFittedError
 from .model import CDEModel, DTypeLike, InputType, check_texts, resolve_dtype, shared_model
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
+    from typing_extensions import Self
 
 DEFAULT_MODEL = "jxm/cde-small-v2"
 ContextSource = CorpusContext | str | os.PathLike
@@ -195,3 +202,116 @@ class ContextHolder:
 
     def save(self, path: str | os.PathLike) -> Path:
         return self.require().save(path)
+
+
+class ContextMixin:
+    """The corpus-context API of an adapter, over its `ContextHolder` (`self._holder`).
+
+    An adapter provides `_corpus_texts` (what its documents embed as) and the `_batch_size` and
+    `_show_progress` it embeds with, and calls `_start_context` from its constructor.
+    """
+
+    if TYPE_CHECKING:
+        _holder: ContextHolder
+        _batch_size: int
+        _show_progress: bool | None
+
+        def _corpus_texts(self, corpus: object) -> list[str]: ...
+
+    def _start_context(
+        self,
+        model: CDEModel,
+        corpus: Iterable[Any] | None,
+        context: ContextSource | None,
+        fallback: bool,
+        seed: int,
+    ) -> None:
+        """Hold `model`, with the one context asked for at construction (if any)."""
+        if sum(x is not None for x in (corpus, context)) + bool(fallback) > 1:
+            raise ValueError("Pass only one of corpus=, context= and fallback=True.")
+        self._holder = ContextHolder(model, type(self).__name__)
+        if corpus is not None:
+            self.fit(corpus, seed=seed)
+        elif context is not None:
+            self.set_context(context)
+        elif fallback:
+            self.use_fallback_context()
+
+    @classmethod
+    def from_chroma(cls, collection: Collection, **kwargs: Any) -> Self:
+        """Embeddings with the model and context stored with a cde-rag Chroma collection, so
+        what the framework adds to or asks of that collection agrees with its stored vectors
+        (`langchain_chroma.Chroma(client=..., collection_name=...)`,
+        `ChromaVectorStore(chroma_collection=collection)`)."""
+        from .chroma import get_context, get_model
+
+        return cls(model=get_model(collection), context=get_context(collection), **kwargs)
+
+    @property
+    def model(self) -> CDEModel:
+        """The loaded model; pass it as `model=` to other adapters to share its weights."""
+        return self._holder.model
+
+    @property
+    def context(self) -> CorpusContext | None:
+        return self._holder.context
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._holder.context is not None
+
+    @property
+    def context_fingerprint(self) -> str | None:
+        """The fingerprint of the context in use (None before one is set)."""
+        context = self._holder.context
+        return context.fingerprint if context is not None else None
+
+    def fit(self, corpus: Iterable[Any], seed: int = DEFAULT_SEED) -> Self:
+        """Fit the context on the whole corpus, replacing any other.
+
+        Items are strings or the framework's documents, counted with the text the embedding
+        step sees."""
+        self._holder.fit(
+            self._corpus_texts(corpus),
+            seed=seed,
+            batch_size=self._batch_size,
+            show_progress=self._show_progress,
+        )
+        return self
+
+    def set_context(self, context: ContextSource) -> Self:
+        """Use a `CorpusContext`, or load one saved with `save_context`."""
+        self._holder.set(context)
+        return self
+
+    def use_fallback_context(self) -> Self:
+        """Opt in to the model card's no-corpus fallback (random strings); weaker than a fit."""
+        self._holder.use_fallback(batch_size=self._batch_size, show_progress=self._show_progress)
+        return self
+
+    def save_context(self, path: str | os.PathLike) -> Path:
+        """Save the context next to the vectors it produced, to reload it with `context=path`."""
+        return self._holder.save(path)
+
+
+def corpus_texts(
+    corpus: object, document_type: type, text_of: Callable[[Any], str], kinds: str
+) -> list[str]:
+    """The texts of a corpus of strings and framework documents (`text_of` reads one)."""
+    if corpus is None or isinstance(corpus, (str, bytes, document_type)):
+        shown = "None" if corpus is None else f"one {type(corpus).__name__}"
+        raise InputError(f"corpus must be a list of {kinds}, not {shown}.")
+    if not isinstance(corpus, Iterable):
+        raise InputError(f"corpus must be a list of {kinds}, got {type(corpus).__name__}.")
+    return [text_of(item) if isinstance(item, document_type) else item for item in corpus]
+
+
+def check_fixed_prefix(field: str, value: str, expected: str) -> str:
+    """Refuse another prefix: cde-small-v2 was trained with one, and the engine adds it."""
+    if value != expected:
+        raise ValueError(
+            f"{field} is fixed to {expected!r}: cde-small-v2 was trained with it and the engine "
+            "adds it to every text. Leave it at its default (texts are embedded without any "
+            "other prefix)."
+        )
+    return value

@@ -9,9 +9,7 @@ a corpus context, fitted once on the whole corpus before anything is embedded.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 try:
@@ -21,19 +19,29 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError(
         'cde_rag.langchain needs langchain-core: pip install "cde-rag[langchain]"'
     ) from exc
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ._adapters import (
     DEFAULT_MODEL,
     ContextHolder,
+    ContextMixin,
     ContextSource,
     StaleVectorsWarning,
+    check_fixed_prefix,
+    corpus_texts,
     load_model,
     require_text,
     require_texts,
 )
-from .context import DEFAULT_SEED, CorpusContext
-from .errors import InputError
+from .context import DEFAULT_SEED
 from .model import CDEModel
 from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
 
@@ -41,14 +49,26 @@ __all__ = ["CDEEmbeddings", "StaleVectorsWarning"]
 
 _MODEL_KWARGS = ("revision", "device", "dtype", "token")
 _ENCODE_KWARGS = ("batch_size", "show_progress")
+# Settings that are both a field and a key of model_kwargs / encode_kwargs: one value each.
+_BOTH_WAYS = {
+    "device": "model_kwargs",
+    "dtype": "model_kwargs",
+    "batch_size": "encode_kwargs",
+    "show_progress": "encode_kwargs",
+}
 
 
-class CDEEmbeddings(BaseModel, Embeddings):
+class CDEEmbeddings(ContextMixin, BaseModel, Embeddings):
     """cde-small-v2 embeddings for LangChain, conditioned on one corpus context.
 
     Give the context up front: `corpus=` (fits now, on every document), `context=` (a
     `CorpusContext` or a saved context file), or `fallback=True` (no corpus, weaker). Without
     one, embedding raises `NotFittedError` instead of fitting on whatever slice arrives first.
+
+    As in langchain-huggingface, loading options may go in `model_kwargs` and embedding options
+    in `encode_kwargs`; `device`, `dtype`, `batch_size` and `show_progress` are also fields.
+    Each setting has one value: give it either way, and giving it both ways with two different
+    values is an error (nothing silently wins).
     """
 
     model_config = ConfigDict(
@@ -63,11 +83,11 @@ class CDEEmbeddings(BaseModel, Embeddings):
     cache_folder: str | None = None
     """Where to download the checkpoint (a private load, not the process-wide shared model)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Loading options: revision, device, dtype, token."""
+    """Loading options: revision, device, dtype, token (device and dtype: or the fields)."""
     encode_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Embedding options: batch_size, show_progress (override the fields of the same name)."""
+    """Embedding options: batch_size, show_progress (or the fields of the same name)."""
     show_progress: bool | None = None
-    """Progress bars: None shows them for long work (fitting, large batches)."""
+    """Progress bars: True, False, or None to show them for long work only (64+ texts)."""
     batch_size: int = Field(default=32, gt=0)
     device: str | None = None
     dtype: str | None = None
@@ -94,24 +114,15 @@ class CDEEmbeddings(BaseModel, Embeddings):
                 loaded = data.pop(key)
                 data["model_name"] = loaded.name
         super().__init__(**data)
-        if sum(x is not None for x in (corpus, context)) + bool(fallback) > 1:
-            raise ValueError("Pass only one of corpus=, context= and fallback=True.")
-        options = self.model_kwargs
         model = load_model(
             loaded if loaded is not None else self.model_name,
-            revision=options.get("revision"),
-            device=self.device or options.get("device"),
-            dtype=self.dtype or options.get("dtype"),
+            revision=self.model_kwargs.get("revision"),
+            device=self._setting("device"),
+            dtype=self._setting("dtype"),
             cache_folder=self.cache_folder,
-            token=options.get("token"),
+            token=self.model_kwargs.get("token"),
         )
-        self._holder = ContextHolder(model, type(self).__name__)
-        if corpus is not None:
-            self.fit(corpus, seed=seed)
-        elif context is not None:
-            self.set_context(context)
-        elif fallback:
-            self.use_fallback_context()
+        self._start_context(model, corpus, context, fallback, seed)
 
     @field_validator("model_kwargs")
     @classmethod
@@ -127,57 +138,26 @@ class CDEEmbeddings(BaseModel, Embeddings):
     @classmethod
     def _check_prefix(cls, value: str, info: ValidationInfo) -> str:
         expected = QUERY_PREFIX if info.field_name == "query_prefix" else DOCUMENT_PREFIX
-        if value != expected:
-            raise ValueError(
-                f"{info.field_name} is fixed to {expected!r}: cde-small-v2 was trained with it and "
-                "the engine adds it to every text. Leave it at its default (texts are embedded "
-                "without any other prefix)."
-            )
-        return value
+        return check_fixed_prefix(str(info.field_name), value, expected)
 
-    # -- context -----------------------------------------------------------------------------
-
-    @property
-    def model(self) -> CDEModel:
-        """The loaded model; pass it as `model=` to other adapters to share its weights."""
-        return self._holder.model
-
-    @property
-    def context(self) -> CorpusContext | None:
-        return self._holder.context
-
-    @property
-    def is_fitted(self) -> bool:
-        return self._holder.context is not None
-
-    @property
-    def context_fingerprint(self) -> str | None:
-        context = self._holder.context
-        return context.fingerprint if context is not None else None
-
-    def fit(self, corpus: Iterable[str | Document], seed: int = DEFAULT_SEED) -> CDEEmbeddings:
-        """Fit the context on the whole corpus (strings or Documents), replacing any other."""
-        self._holder.fit(
-            _texts(corpus, "corpus"),
-            seed=seed,
-            batch_size=self._batch_size,
-            show_progress=self._show_progress,
-        )
+    @model_validator(mode="after")
+    def _one_value_per_setting(self) -> CDEEmbeddings:
+        for key, where in _BOTH_WAYS.items():
+            options = getattr(self, where)
+            if (
+                key in self.model_fields_set
+                and key in options
+                and options[key] != getattr(self, key)
+            ):
+                raise ValueError(
+                    f"{key} is given twice with different values: {key}={getattr(self, key)!r} "
+                    f"and {where}[{key!r}]={options[key]!r}. Give it once, either way."
+                )
         return self
 
-    def set_context(self, context: ContextSource) -> CDEEmbeddings:
-        """Use a `CorpusContext`, or load one saved with `save_context`."""
-        self._holder.set(context)
-        return self
-
-    def use_fallback_context(self) -> CDEEmbeddings:
-        """Opt in to the model card's no-corpus fallback (random strings); weaker than a fit."""
-        self._holder.use_fallback(batch_size=self._batch_size, show_progress=self._show_progress)
-        return self
-
-    def save_context(self, path: str | os.PathLike) -> Path:
-        """Save the context next to the vectors it produced, to reload it with `context=path`."""
-        return self._holder.save(path)
+    def _setting(self, key: str) -> Any:
+        """The value of a setting that may be given as a field or in model/encode_kwargs."""
+        return getattr(self, _BOTH_WAYS[key]).get(key, getattr(self, key))
 
     # -- embedding ---------------------------------------------------------------------------
 
@@ -201,11 +181,15 @@ class CDEEmbeddings(BaseModel, Embeddings):
 
     @property
     def _batch_size(self) -> int:
-        return self.encode_kwargs.get("batch_size", self.batch_size)
+        return self._setting("batch_size")
 
     @property
     def _show_progress(self) -> bool | None:
-        return self.encode_kwargs.get("show_progress", self.show_progress)
+        return self._setting("show_progress")
+
+    def _corpus_texts(self, corpus: object) -> list[str]:
+        """Strings, or LangChain Documents as their page_content (what vector stores embed)."""
+        return corpus_texts(corpus, Document, _page_content, "strings or Documents")
 
     def __repr__(self) -> str:
         return (
@@ -214,16 +198,8 @@ class CDEEmbeddings(BaseModel, Embeddings):
         )
 
 
-def _texts(corpus: object, what: str) -> list[str]:
-    """Texts from strings or LangChain Documents (their page_content, what stores embed)."""
-    if corpus is None or isinstance(corpus, (str, bytes, Document)):
-        shown = "None" if corpus is None else f"one {type(corpus).__name__}"
-        raise InputError(f"{what} must be a list of strings or Documents, not {shown}.")
-    if not isinstance(corpus, Iterable):
-        raise InputError(
-            f"{what} must be a list of strings or Documents, got {type(corpus).__name__}."
-        )
-    return [item.page_content if isinstance(item, Document) else item for item in corpus]
+def _page_content(document: Document) -> str:
+    return document.page_content
 
 
 def _check_keys(value: dict[str, Any], allowed: tuple[str, ...], what: str) -> dict[str, Any]:

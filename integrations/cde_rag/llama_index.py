@@ -14,7 +14,6 @@ them once; later inserts keep that context.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,14 +31,17 @@ from pydantic import Field, PrivateAttr, ValidationInfo, computed_field, field_v
 from ._adapters import (
     DEFAULT_MODEL,
     ContextHolder,
+    ContextMixin,
     ContextSource,
     StaleVectorsWarning,
+    check_fixed_prefix,
+    corpus_texts,
     load_model,
     require_text,
     require_texts,
 )
 from .context import DEFAULT_SEED, CorpusContext
-from .errors import ContextMismatchError, InputError
+from .errors import ContextMismatchError
 from .model import CDEModel, InputType
 from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
 
@@ -53,7 +55,7 @@ _NO_PROCESSES = (
 )
 
 
-class CDEEmbedding(BaseEmbedding):
+class CDEEmbedding(ContextMixin, BaseEmbedding):
     """cde-small-v2 for LlamaIndex, conditioned on one corpus context.
 
     Give the context up front: `corpus=` (fits now), `context=` (a `CorpusContext` or a saved
@@ -70,8 +72,9 @@ class CDEEmbedding(BaseEmbedding):
     revision: str | None = Field(default=None, description="Hub revision to load.")
     device: str | None = Field(default=None, description="cpu, cuda, ... (default: best).")
     dtype: str | None = Field(default=None, description="float32 (exact) or bfloat16 (fast).")
-    show_progress_bar: bool = Field(
-        default=False, description="Always show progress bars (else only for long work)."
+    show_progress_bar: bool | None = Field(
+        default=None,
+        description="Progress bars: True, False, or None to show them for long work (64+ texts).",
     )
     query_instruction: str = Field(
         default=QUERY_PREFIX, description="Fixed: the prefix the model was trained with."
@@ -96,8 +99,6 @@ class CDEEmbedding(BaseEmbedding):
         name = source.name if isinstance(source, CDEModel) else source
         expected = kwargs.pop("context_fingerprint", None)
         super().__init__(model_name=name, **kwargs)
-        if sum(x is not None for x in (corpus, context)) + bool(fallback) > 1:
-            raise ValueError("Pass only one of corpus=, context= and fallback=True.")
         loaded = load_model(
             source,
             revision=self.revision,
@@ -105,13 +106,7 @@ class CDEEmbedding(BaseEmbedding):
             dtype=self.dtype,
             cache_folder=self.cache_folder,
         )
-        self._holder = ContextHolder(loaded, type(self).__name__)
-        if corpus is not None:
-            self.fit(corpus, seed=seed)
-        elif context is not None:
-            self.set_context(context)
-        elif fallback:
-            self.use_fallback_context()
+        self._start_context(loaded, corpus, context, fallback, seed)
         if expected is not None and expected != self.context_fingerprint:
             raise ContextMismatchError(
                 f"context_fingerprint={expected!r} was given, but the context in use is "
@@ -127,12 +122,7 @@ class CDEEmbedding(BaseEmbedding):
     @classmethod
     def _check_instruction(cls, value: str, info: ValidationInfo) -> str:
         expected = QUERY_PREFIX if info.field_name == "query_instruction" else DOCUMENT_PREFIX
-        if value != expected:
-            raise ValueError(
-                f"{info.field_name} is fixed to {expected!r}: cde-small-v2 was trained with it "
-                "and the engine adds it to every text. Leave it at its default."
-            )
-        return value
+        return check_fixed_prefix(str(info.field_name), value, expected)
 
     @field_validator("embeddings_cache")
     @classmethod
@@ -146,62 +136,28 @@ class CDEEmbedding(BaseEmbedding):
             )
         return value
 
-    # -- context -----------------------------------------------------------------------------
+    # The context fingerprint is a public field here: it is part of IngestionCache keys, so
+    # cached vectors of another context are never reused.
+    context_fingerprint = computed_field(ContextMixin.context_fingerprint)  # type: ignore[assignment]
 
     @property
-    def model(self) -> CDEModel:
-        """The loaded model; pass it as `model=` to other adapters to share its weights."""
-        return self._holder.model
+    def _batch_size(self) -> int:
+        return self.embed_batch_size
 
     @property
-    def context(self) -> CorpusContext | None:
-        return self._holder.context
+    def _show_progress(self) -> bool | None:
+        return self.show_progress_bar
 
-    @property
-    def is_fitted(self) -> bool:
-        return self._holder.context is not None
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def context_fingerprint(self) -> str | None:
-        """The context in use, as a public field: it is part of IngestionCache keys, so cached
-        vectors of another context are never reused."""
-        context = self._holder.context
-        return context.fingerprint if context is not None else None
-
-    def fit(self, corpus: Iterable[str | BaseNode], seed: int = DEFAULT_SEED) -> CDEEmbedding:
-        """Fit the context on the whole corpus (strings, Documents or nodes), replacing any other.
-
-        Nodes count with the text the embedding step sees (content plus embed metadata).
-        """
-        self._holder.fit(
-            _texts(corpus), seed=seed, batch_size=self.embed_batch_size, show_progress=self._bars
-        )
-        return self
-
-    def set_context(self, context: ContextSource) -> CDEEmbedding:
-        """Use a `CorpusContext`, or load one saved with `save_context`."""
-        self._holder.set(context)
-        return self
-
-    def use_fallback_context(self) -> CDEEmbedding:
-        """Opt in to the model card's no-corpus fallback (random strings); weaker than a fit."""
-        self._holder.use_fallback(batch_size=self.embed_batch_size, show_progress=self._bars)
-        return self
-
-    def save_context(self, path: str | os.PathLike) -> Path:
-        """Save the context next to the index, to reload it with `context=path`."""
-        return self._holder.save(path)
-
-    @property
-    def _bars(self) -> bool | None:
-        return True if self.show_progress_bar else None
+    def _corpus_texts(self, corpus: object) -> list[str]:
+        """Strings, Documents or nodes, nodes as the embedding step sees them (content plus
+        embed metadata)."""
+        return corpus_texts(corpus, BaseNode, _embedded_text, "strings, Documents or nodes")
 
     # -- embedding ---------------------------------------------------------------------------
 
     def _embed(self, texts: list[str], input_type: InputType) -> list[Embedding]:
         vectors = self._holder.embed(
-            texts, input_type, batch_size=self.embed_batch_size, show_progress=self._bars
+            texts, input_type, batch_size=self._batch_size, show_progress=self._show_progress
         )
         return vectors.tolist()
 
@@ -309,15 +265,5 @@ class CDEContextFit(TransformComponent):
         raise TypeError(f"CDEContextFit {_NO_PROCESSES}")
 
 
-def _texts(corpus: object) -> list[str]:
-    if corpus is None or isinstance(corpus, (str, bytes, BaseNode)):
-        shown = "None" if corpus is None else f"one {type(corpus).__name__}"
-        raise InputError(f"corpus must be a list of strings, Documents or nodes, not {shown}.")
-    if not isinstance(corpus, Iterable):
-        raise InputError(
-            f"corpus must be a list of strings, Documents or nodes, got {type(corpus).__name__}."
-        )
-    return [
-        item.get_content(metadata_mode=MetadataMode.EMBED) if isinstance(item, BaseNode) else item
-        for item in corpus
-    ]
+def _embedded_text(node: BaseNode) -> str:
+    return node.get_content(metadata_mode=MetadataMode.EMBED)
