@@ -15,11 +15,11 @@ import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from .errors import CDEError
+from .splitting import split_spans
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".pdf", ".html", ".htm")
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -43,7 +43,6 @@ _HTML_LINES = ("br", "dd", "dt", "li", "td", "th", "tr")
 _WHITESPACE = re.compile(r"\s+")
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
-_NON_SPACE = re.compile(r"\S")
 
 
 class DocumentError(CDEError, ValueError):
@@ -366,16 +365,14 @@ def chunk_documents(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
 ) -> list[Chunk]:
-    """Split documents with LangChain's `RecursiveCharacterTextSplitter` (paragraphs, then
-    lines, then words, then characters), `chunk_size` characters at most per chunk.
+    """Split documents into chunks of at most `chunk_size` characters: at paragraphs, then
+    lines, then words, then characters; the same chunks as LangChain's
+    `RecursiveCharacterTextSplitter` with these sizes (see `cde_rag.splitting`).
 
     Each chunk's metadata holds the document's metadata plus `chunk` (its index in the
     document) and `start_index` (its character offset), ready for a vector store.
     """
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
-
     check_chunk_sizes(chunk_size, chunk_overlap)
-    splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     chunks: list[Chunk] = []
     for doc in documents:
         if not isinstance(doc, Document):
@@ -383,10 +380,9 @@ def chunk_documents(
                 f"chunk_documents() takes Document objects, got {type(doc).__name__}; "
                 "load files with load_document(s) first."
             )
-        pieces = [p for p in splitter.split_text(doc.text) if p.strip()]
-        for index, (text, start) in enumerate(
-            zip(pieces, _offsets(doc.text, pieces, chunk_overlap), strict=True)
-        ):
+        spans = split_spans(doc.text, chunk_size, chunk_overlap)
+        for index, (start, end) in enumerate(spans):
+            text = doc.text[start:end]
             meta = {**doc.metadata, "source": doc.source, "chunk": index, "start_index": start}
             chunks.append(
                 Chunk(
@@ -407,53 +403,6 @@ def chunk_id(source: str, index: int, text: str) -> str:
         digest.update(part.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
     return digest.hexdigest()[:32]
-
-
-def _offsets(text: str, pieces: Sequence[str], overlap: int) -> list[int]:
-    """Character offset of each piece in `text`.
-
-    The splitter keeps pieces in order, overlaps a piece with the previous one by at most
-    `overlap` characters, and drops nothing but whitespace around them. So a piece starts
-    between `previous end - overlap` and the end of the whitespace after the previous piece.
-    In repetitive text a piece can occur several times in that window: keep every candidate
-    reachable from the start, then walk back from a last piece that leaves only whitespace,
-    so the offsets found always fit together (latest candidate first).
-    """
-    if not pieces:
-        return []
-
-    def window(start: int, length: int) -> tuple[int, int]:
-        end = start + length
-        content = _NON_SPACE.search(text, end)
-        return max(start, end - overlap), content.start() if content else len(text)
-
-    def occurrences(piece: str, low: int, high: int) -> list[int]:
-        found, at = [], text.find(piece, low)
-        while at != -1 and at <= high:
-            found.append(at)
-            at = text.find(piece, at + 1)
-        return found
-
-    first = _NON_SPACE.search(text)
-    reachable = [occurrences(pieces[0], 0, first.start() if first else 0)]
-    for previous, piece in pairwise(pieces):
-        starts: set[int] = set()
-        for start in reachable[-1]:
-            starts.update(occurrences(piece, *window(start, len(previous))))
-        reachable.append(sorted(starts))
-    last = pieces[-1]
-    ends_cleanly = [s for s in reachable[-1] if not _NON_SPACE.search(text, s + len(last))]
-    if not ends_cleanly:  # not expected from the splitter: fall back to a forward search
-        offsets, low = [], 0
-        for piece in pieces:
-            low = max(text.find(piece, low), low)
-            offsets.append(low)
-        return offsets
-    offsets = [max(ends_cleanly)]
-    for i in range(len(pieces) - 2, -1, -1):
-        low_high = ((s, window(s, len(pieces[i]))) for s in reachable[i])
-        offsets.append(max(s for s, (low, high) in low_high if low <= offsets[-1] <= high))
-    return offsets[::-1]
 
 
 def check_chunk_sizes(chunk_size: int, chunk_overlap: int) -> None:
