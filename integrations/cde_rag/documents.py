@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,13 @@ from .errors import CDEError
 from .splitting import split_spans
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".pdf", ".html", ".htm")
+_KINDS = {
+    ".txt": "text file",
+    ".md": "text file",
+    ".pdf": "PDF",
+    ".html": "HTML file",
+    ".htm": "HTML file",
+}
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_CHUNK_OVERLAP = 150
@@ -40,6 +47,8 @@ _HTML_BLOCKS = re.compile(
     r"|main|nav|ol|p|pre|section|table|t[dhr]|ul)$"
 )
 _HTML_LINES = ("br", "dd", "dt", "li", "td", "th", "tr")
+# Elements whose content a browser does not show as text.
+_HIDDEN_TAGS = frozenset({"script", "style", "noscript", "template", "head"})
 _WHITESPACE = re.compile(r"\s+")
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
@@ -102,17 +111,34 @@ def load_document(
     if not data.strip():
         raise DocumentError("empty file")
     meta: dict[str, Any] = {"type": suffix.lstrip("."), "bytes": len(data)}
-    if suffix == ".pdf":
-        text = _pdf_text(data, meta)
-    elif suffix in (".html", ".htm"):
-        text = _html_text(data, meta)
-    else:
-        text = _decode_text(data, meta)
-    text = clean_text(text)
+    text = clean_text(_extract(suffix, data, meta))
     if not text.strip():
         raise DocumentError("no text left after removing control characters and whitespace")
     name = display_name(source if source is not None else file.name)
     return Document(text=text, source=name, metadata={"source": name, **meta})
+
+
+def _extract(suffix: str, data: bytes, meta: dict[str, Any]) -> str:
+    """The file's text by its type; whatever its parser raises is this file's `DocumentError`.
+
+    Parsers of damaged files raise almost anything (bs4's ParserRejectedMarkup; struct, zlib
+    and key errors from deep inside pypdf...): all of them mean this one file cannot be read,
+    never that a run over many files should stop.
+    """
+    kind = _KINDS[suffix]
+    try:
+        if suffix == ".pdf":
+            return _pdf_text(data, meta)
+        if suffix in (".html", ".htm"):
+            return _html_text(data, meta)
+        return _decode_text(data, meta)
+    except DocumentError:
+        raise
+    except (RecursionError, MemoryError, NotImplementedError) as exc:
+        raise DocumentError(f"{kind} too complex or unsupported ({type(exc).__name__})") from None
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise DocumentError(f"not a readable {kind} ({type(exc).__name__}: {detail})") from None
 
 
 def clean_text(text: str) -> str:
@@ -200,19 +226,44 @@ def _html_text(data: bytes, meta: dict[str, Any]) -> str:
     soup = BeautifulSoup(data, "html.parser")
     if soup.title is not None:
         meta["title"] = clean_text(_WHITESPACE.sub(" ", soup.title.get_text(" ")))[:200]
-    for tag in soup(["script", "style", "noscript", "template", "head"]):
-        tag.decompose()
-    # Source line breaks inside a paragraph are just spaces, as a browser shows them.
-    for string in soup.find_all(string=True):
-        if string.find_parent("pre") is None:
-            string.replace_with(_WHITESPACE.sub(" ", string))
-    # Keep paragraphs apart (the splitter cuts there first) but inline tags within a line.
-    for tag in soup.find_all(_HTML_BLOCKS):
-        tag.insert_after("\n" if tag.name in _HTML_LINES else "\n\n")
-    text = soup.get_text()
+    text = _visible_text(soup)
     _refuse_binary(text)
     meta["encoding"] = soup.original_encoding or "utf-8"
     return "\n".join(_SPACES.sub(" ", line).strip() for line in text.splitlines())
+
+
+def _visible_text(root: Any) -> str:
+    """The text a browser shows: no doctype, comments, CDATA, processing instructions, scripts
+    or styles. Paragraphs stay apart (the splitter cuts there first), inline tags stay within
+    their line, and source line breaks are spaces except in <pre>.
+
+    One pass over the tree with an explicit stack: deep nesting costs what the file's size
+    says (looking up each string's ancestors made thousands of nested tags quadratic).
+    """
+    from bs4.element import NavigableString, RubyParenthesisString, RubyTextString, Tag
+
+    visible = (NavigableString, RubyTextString, RubyParenthesisString)  # not its subclasses
+    parts: list[str] = []
+    in_pre = 0
+    # For each open tag: its children still to visit, what follows it, whether it is a <pre>.
+    stack: list[tuple[Iterator[Any], str, bool]] = [(iter(root.contents), "", False)]
+    while stack:
+        node = next(stack[-1][0], None)
+        if node is None:
+            _, after, pre = stack.pop()
+            parts.append(after)
+            in_pre -= pre
+        elif isinstance(node, Tag):
+            if node.name not in _HIDDEN_TAGS:
+                pre = node.name == "pre"
+                in_pre += pre
+                after = ""
+                if _HTML_BLOCKS.match(node.name):
+                    after = "\n" if node.name in _HTML_LINES else "\n\n"
+                stack.append((iter(node.contents), after, pre))
+        elif type(node) in visible:
+            parts.append(node if in_pre else _WHITESPACE.sub(" ", node))
+    return "".join(parts)
 
 
 def _pdf_text(data: bytes, meta: dict[str, Any]) -> str:
@@ -222,21 +273,12 @@ def _pdf_text(data: bytes, meta: dict[str, Any]) -> str:
 
     # pypdf logs a warning for every quirk of a damaged PDF; the reason we raise is enough.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not _decrypts_without_password(reader):
-            raise DocumentError(
-                "encrypted PDF; save an unencrypted copy (e.g. print to PDF) and index that"
-            )
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except DocumentError:
-        raise
-    except (RecursionError, MemoryError, NotImplementedError) as exc:
-        raise DocumentError(f"PDF too complex or unsupported ({type(exc).__name__})") from None
-    except Exception as exc:
-        # A damaged PDF surfaces as almost any exception from deep inside pypdf (struct,
-        # zlib, arithmetic, key errors...); all of them mean this one file cannot be read.
-        raise DocumentError(f"not a readable PDF ({type(exc).__name__}: {exc})") from None
+    reader = PdfReader(io.BytesIO(data))
+    if reader.is_encrypted and not _decrypts_without_password(reader):
+        raise DocumentError(
+            "encrypted PDF; save an unencrypted copy (e.g. print to PDF) and index that"
+        )
+    pages = [page.extract_text() or "" for page in reader.pages]
     meta["pages"] = len(pages)
     text = "\n\n".join(p.strip() for p in pages if p.strip())
     if not text:
