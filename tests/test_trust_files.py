@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import pytest
@@ -257,3 +259,129 @@ def test_index_skips_a_rejected_file_and_indexes_the_rest(tmp_path, tiny_path, c
     assert path == str(docs / "bad.html") and reason.startswith("not a readable HTML file")
     # Skipped files are listed at the end, after the run, one line each.
     assert err.strip().splitlines()[-1] == f"skipped {docs / 'bad.html'}: {reason}"
+
+
+# -- item 3: a PDF's work is bounded by page and character caps --------------------------------
+
+
+def pdf_file(objects: dict[int, bytes]) -> bytes:
+    """A PDF written by hand: numbered objects, an exact cross-reference table, root 1."""
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = {}
+    for number in sorted(objects):
+        offsets[number] = len(out)
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, objects[number])
+    xref, size = len(out), max(objects) + 1
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % size
+    out += b"".join(b"%010d 00000 n \n" % offsets.get(n, 0) for n in range(1, size))
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (size, xref)
+    return bytes(out)
+
+
+def pdf_stream(data: bytes) -> bytes:
+    compressed = zlib.compress(data)
+    return b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (
+        len(compressed),
+        compressed,
+    )
+
+
+FONT = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+PAGE = b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+PAGE += b"/Resources << /Font << /F1 2 0 R >> >> >>"
+
+
+def text_stream(line: bytes, lines: int) -> bytes:
+    return pdf_stream(b"BT /F1 10 Tf 20 800 Td " + b"(%s) Tj 0 -12 Td " % line * lines + b"ET")
+
+
+def doubling_page_tree(levels: int, line: bytes = b"x" * 1000) -> bytes:
+    """Each /Pages node lists the next one twice: a few KB that claim 2**levels pages."""
+    objects = {1: b"<< /Type /Catalog /Pages 5 0 R >>", 2: FONT, 3: text_stream(line, 1)}
+    objects[4] = PAGE % (4 + levels, 3)
+    for level in range(levels):
+        kid = 5 + level + 1 if level + 1 < levels else 4
+        count = 2 ** (levels - level)
+        objects[5 + level] = b"<< /Type /Pages /Kids [%d 0 R %d 0 R] /Count %d >>" % (
+            kid,
+            kid,
+            count,
+        )
+    return pdf_file(objects)
+
+
+def shared_content_pdf(pages: int, chars_per_page: int) -> bytes:
+    """Every page draws the same content stream: text grows with pages, not with bytes."""
+    objects = {1: b"<< /Type /Catalog /Pages 5 0 R >>", 2: FONT}
+    objects[3] = text_stream(b"y" * 100, chars_per_page // 100)
+    kids = []
+    for i in range(pages):
+        objects[10 + i] = PAGE % (5, 3)
+        kids.append(b"%d 0 R" % (10 + i))
+    objects[5] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), pages)
+    return pdf_file(objects)
+
+
+def test_a_page_tree_bomb_is_refused_by_the_page_cap(tmp_path):
+    bomb = write(tmp_path / "bomb.pdf", doubling_page_tree(15))
+    assert bomb.stat().st_size < 4000  # claims 32,768 pages of 1,000 characters
+    with pytest.raises(DocumentError, match=r"more pages than the 5,000-page limit.*--max-pages"):
+        load_document(bomb)
+    # 2**40 pages claimed, or a tree that loops: refused after a bounded walk all the same.
+    with pytest.raises(DocumentError, match="5,000-page limit"):
+        load_document(write(tmp_path / "huge.pdf", doubling_page_tree(40)))
+    looping = pdf_file(
+        {1: b"<< /Type /Catalog /Pages 2 0 R >>", 2: b"<< /Type /Pages /Kids [2 0 R] /Count 1 >>"}
+    )
+    with pytest.raises(DocumentError, match="page tree has over 6,000 nodes or loops"):
+        load_document(write(tmp_path / "loop.pdf", looping))
+    # The cap is the caller's: 16 pages pass a 16-page cap and not a 15-page one.
+    small = write(tmp_path / "small.pdf", doubling_page_tree(4, b"small"))
+    doc = load_document(small, max_pages=16)
+    assert doc.metadata["pages"] == 16 and doc.text == "\n\n".join(["small"] * 16)
+    with pytest.raises(DocumentError, match="15-page limit"):
+        load_document(small, max_pages=15)
+
+
+def test_one_content_stream_on_every_page_is_stopped_by_the_character_cap(tmp_path):
+    path = write(tmp_path / "shared.pdf", shared_content_pdf(1000, 20_000))
+    assert path.stat().st_size < 300_000  # 20 MB of text if read to the end
+    with pytest.raises(DocumentError) as info:
+        load_document(path, max_chars=1_000_000)
+    message = str(info.value)
+    assert message.startswith("text is over the 1,000,000-character limit (stopped at page ")
+    assert message.endswith(
+        "split the file or raise the limit (max_chars; cde-rag index --max-chars)"
+    )
+    stopped = int(re.search(r"stopped at page ([\d,]+) of 1,000", message)[1].replace(",", ""))
+    assert stopped <= 51  # 20,000 characters a page: reading ended at the cap
+    # The cap counts the text of any file type.
+    with pytest.raises(DocumentError, match=r"over the 100-character limit \(101 characters\)"):
+        load_document(write(tmp_path / "long.txt", "z" * 101), max_chars=100)
+    assert load_document(tmp_path / "long.txt", max_chars=101).text == "z" * 101
+
+
+def test_index_skips_files_over_the_caps_and_names_them(tmp_path, tiny_path, capsys):
+    from cde_rag.cli import main
+
+    docs = tmp_path / "docs"
+    write(docs / "a.txt", "Rivers flood in spring. " * 20)
+    write(docs / "bomb.pdf", doubling_page_tree(8))  # 256 pages
+    write(docs / "shared.pdf", shared_content_pdf(100, 20_000))
+    write(docs / "small.pdf", doubling_page_tree(2, b"a small pdf"))
+    args = ["index", str(docs), "--collection", "docs", "--db", str(tmp_path / "db")]
+    caps = ["--max-pages", "100", "--max-chars", "50000"]
+    code = main([*args, *caps, "--model", tiny_path, "--progress", "none", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["files"] == 2  # a.txt, small.pdf
+    reasons = {Path(path).name: why for path, why in report["errors"]}
+    assert reasons.keys() == {"bomb.pdf", "shared.pdf"}
+    assert reasons["bomb.pdf"].startswith("PDF has more pages than the 100-page limit")
+    assert reasons["shared.pdf"].startswith("text is over the 50,000-character limit")
+    assert f"skipped {docs / 'bomb.pdf'}: PDF has more pages" in err
+    for bad in ("0", "-3", "x"):
+        with pytest.raises(SystemExit):
+            main([*args, "--max-pages", bad])
+    assert "--max-pages: invalid positive_int value: 'x'" in capsys.readouterr().err

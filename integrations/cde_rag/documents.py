@@ -30,6 +30,11 @@ _KINDS = {
     ".htm": "HTML file",
 }
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+# A PDF's work is not bounded by its size (a 3 KB page tree can claim 32,768 pages, a 270 KB
+# file reusing one content stream on every page yields 20 MB of text), so pages and extracted
+# characters are capped too: far above a long book, far below what makes indexing hang.
+DEFAULT_MAX_PAGES = 5_000
+DEFAULT_MAX_CHARS = 10_000_000
 DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_CHUNK_OVERLAP = 150
 
@@ -94,11 +99,15 @@ def load_document(
     *,
     source: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    max_chars: int = DEFAULT_MAX_CHARS,
 ) -> Document:
     """Read a .txt/.md/.pdf/.html file into clean text, or raise `DocumentError` saying why not.
 
     `source` overrides the name recorded for the document (e.g. the original name of an
-    uploaded file); by default it is the file name.
+    uploaded file); by default it is the file name. Files over `max_bytes`, PDFs over
+    `max_pages` and texts over `max_chars` are refused; a PDF stops being read as soon as it
+    passes either cap.
     """
     file = Path(path)
     suffix = file.suffix.lower()
@@ -111,14 +120,31 @@ def load_document(
     if not data.strip():
         raise DocumentError("empty file")
     meta: dict[str, Any] = {"type": suffix.lstrip("."), "bytes": len(data)}
-    text = clean_text(_extract(suffix, data, meta))
+    text = clean_text(_extract(suffix, data, meta, Limits(max_pages, max_chars)))
+    if len(text) > max_chars:
+        raise _too_much_text(max_chars, f"{len(text):,} characters")
     if not text.strip():
         raise DocumentError("no text left after removing control characters and whitespace")
     name = display_name(source if source is not None else file.name)
     return Document(text=text, source=name, metadata={"source": name, **meta})
 
 
-def _extract(suffix: str, data: bytes, meta: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class Limits:
+    """Caps on the work one PDF may cause."""
+
+    pages: int
+    chars: int
+
+
+def _too_much_text(max_chars: int, found: str) -> DocumentError:
+    return DocumentError(
+        f"text is over the {max_chars:,}-character limit ({found}); split the file or raise "
+        "the limit (max_chars; cde-rag index --max-chars)"
+    )
+
+
+def _extract(suffix: str, data: bytes, meta: dict[str, Any], limits: Limits) -> str:
     """The file's text by its type; whatever its parser raises is this file's `DocumentError`.
 
     Parsers of damaged files raise almost anything (bs4's ParserRejectedMarkup; struct, zlib
@@ -128,7 +154,7 @@ def _extract(suffix: str, data: bytes, meta: dict[str, Any]) -> str:
     kind = _KINDS[suffix]
     try:
         if suffix == ".pdf":
-            return _pdf_text(data, meta)
+            return _pdf_text(data, meta, limits)
         if suffix in (".html", ".htm"):
             return _html_text(data, meta)
         return _decode_text(data, meta)
@@ -266,7 +292,7 @@ def _visible_text(root: Any) -> str:
     return "".join(parts)
 
 
-def _pdf_text(data: bytes, meta: dict[str, Any]) -> str:
+def _pdf_text(data: bytes, meta: dict[str, Any], limits: Limits) -> str:
     import io
 
     from pypdf import PdfReader
@@ -278,12 +304,53 @@ def _pdf_text(data: bytes, meta: dict[str, Any]) -> str:
         raise DocumentError(
             "encrypted PDF; save an unencrypted copy (e.g. print to PDF) and index that"
         )
-    pages = [page.extract_text() or "" for page in reader.pages]
+    _check_page_tree(reader, limits.pages)
+    pages: list[str] = []
+    extracted = 0
+
+    def tally(fragment: str, *_: Any) -> None:
+        """Stop inside a page as soon as the file's text passes the cap."""
+        nonlocal extracted
+        extracted += len(fragment)
+        if extracted > limits.chars:
+            where = f"stopped at page {len(pages) + 1:,} of {len(reader.pages):,}"
+            raise _too_much_text(limits.chars, where)
+
+    for page in reader.pages:
+        pages.append(page.extract_text(visitor_text=tally) or "")
     meta["pages"] = len(pages)
     text = "\n\n".join(p.strip() for p in pages if p.strip())
     if not text:
         raise DocumentError("PDF has no extractable text (scanned images?); run OCR on it first")
     return text
+
+
+def _check_page_tree(reader: Any, max_pages: int) -> None:
+    """Count the pages by walking the page tree, stopping past `max_pages`, before pypdf
+    builds a page object for every reference: a tree that lists the same node twice at each
+    of 15 levels is 3 KB and claims 32,768 pages; one that loops never ends."""
+    from pypdf.generic import DictionaryObject
+
+    stack = [reader.trailer["/Root"].get("/Pages")]
+    pages = nodes = 0
+    while stack:
+        node = stack.pop()
+        node = node.get_object() if node is not None else None
+        if not isinstance(node, DictionaryObject):
+            continue  # pypdf decides what a damaged entry means
+        kind = node.get("/Type", "/Pages" if "/Kids" in node else "/Page")
+        if kind == "/Page":
+            pages += 1
+            if pages > max_pages:
+                raise DocumentError(
+                    f"PDF has more pages than the {max_pages:,}-page limit; split it or raise "
+                    "the limit (max_pages; cde-rag index --max-pages)"
+                )
+        elif kind == "/Pages":
+            nodes += 1
+            if nodes > max_pages + 1000:  # a tree of that many pages needs fewer nodes
+                raise DocumentError(f"PDF page tree has over {nodes - 1:,} nodes or loops")
+            stack.extend(node.get("/Kids") or ())
 
 
 def _decrypts_without_password(reader: Any) -> bool:
@@ -302,6 +369,8 @@ def load_documents(
     *,
     recursive: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    max_chars: int = DEFAULT_MAX_CHARS,
     progress: Callable[[int, int], None] | None = None,
 ) -> LoadResult:
     """Load files and folders; never raises for a bad file, it lands in `skipped` instead.
@@ -311,7 +380,7 @@ def load_documents(
     so a link cannot pull `/etc` into an index. A file's source is `<folder name>/<path in
     folder>` for walked files and its file name for files given directly, which keeps chunk
     ids the same whichever way the folder is spelled on the command line.
-    `progress(done, total)` is called as files are read.
+    `progress(done, total)` is called as files are read. The caps are `load_document`'s.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -326,10 +395,11 @@ def load_documents(
         else:
             result.skipped.append((str(path), "no such file or folder"))
     seen: set[Path] = set()
+    caps = {"max_bytes": max_bytes, "max_pages": max_pages, "max_chars": max_chars}
     if progress is not None:
         progress(0, len(candidates))
     for done, (file, source) in enumerate(candidates, 1):
-        _load_into(file, source, max_bytes, result, seen)
+        _load_into(file, source, caps, result, seen)
         if progress is not None:
             progress(done, len(candidates))
     return result
@@ -381,7 +451,7 @@ def _walk(
 
 
 def _load_into(
-    file: Path, source: str, max_bytes: int, result: LoadResult, seen: set[Path]
+    file: Path, source: str, caps: dict[str, int], result: LoadResult, seen: set[Path]
 ) -> None:
     try:
         real = file.resolve(strict=True)
@@ -393,7 +463,7 @@ def _load_into(
         return
     seen.add(real)
     try:
-        result.documents.append(load_document(file, source=source, max_bytes=max_bytes))
+        result.documents.append(load_document(file, source=source, **caps))
     except DocumentError as exc:
         result.skipped.append((str(file), str(exc)))
 

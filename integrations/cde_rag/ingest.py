@@ -24,6 +24,8 @@ from .documents import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CHARS,
+    DEFAULT_MAX_PAGES,
     Chunk,
     Document,
     DocumentError,
@@ -106,6 +108,8 @@ def index_paths(
     seed: int = DEFAULT_SEED,
     recursive: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    max_chars: int = DEFAULT_MAX_CHARS,
     batch_size: int | None = None,
     embedding_cache: str | os.PathLike[str] | None = None,
     device: str | None = None,
@@ -113,8 +117,10 @@ def index_paths(
     show_progress: bool | None = None,
     progress: ProgressCallback | None = None,
 ) -> IndexReport:
-    """Load files and folders, then `index_documents` them (see there). Unreadable files are
-    reported in `IndexReport.errors`; if no file at all can be read, `DocumentError`."""
+    """Load files and folders, then `index_documents` them (see there). Unreadable files, and
+    files over the caps (`max_bytes`, `max_pages`, `max_chars`: see `load_document`), are
+    skipped and reported in `IndexReport.errors`; if no file at all can be read,
+    `DocumentError`."""
     check_collection_name(collection)
     check_chunk_sizes(chunk_size, chunk_overlap)
     report = _Reporter(progress, show_progress)
@@ -123,6 +129,8 @@ def index_paths(
             paths,
             recursive=recursive,
             max_bytes=max_bytes,
+            max_pages=max_pages,
+            max_chars=max_chars,
             progress=lambda done, total: report("load", done, total),
         )
     finally:
