@@ -8,8 +8,10 @@ and a file swapped for a symlink after the folder walk is not read.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -385,3 +387,61 @@ def test_index_skips_files_over_the_caps_and_names_them(tmp_path, tiny_path, cap
         with pytest.raises(SystemExit):
             main([*args, "--max-pages", bad])
     assert "--max-pages: invalid positive_int value: 'x'" in capsys.readouterr().err
+
+
+# -- item 11: what the folder walk vetted is what is read ---------------------------------------
+
+
+def test_files_swapped_for_symlinks_after_the_walk_are_not_read(tmp_path):
+    outside = tmp_path / "outside"
+    write(outside / "secret.txt", "root:x:0:0 secret")
+    write(outside / "c.txt", "outside c secret")
+    docs = tmp_path / "docs"
+    write(docs / "a.txt", "alpha")
+    write(docs / "b.txt", "bravo")
+    write(docs / "d.txt", "delta")
+    write(docs / "sub" / "c.txt", "charlie")
+    write(docs / "z.txt", "zulu")
+    os.symlink(docs / "z.txt", docs / "link.txt")  # inside the folder: followed
+    swapped = []
+
+    def swap_after_walk(done: int, total: int) -> None:
+        if done == 0:  # the folder is listed and vetted; nothing is read yet
+            (docs / "a.txt").unlink()
+            os.symlink(outside / "secret.txt", docs / "a.txt")  # a file becomes a link
+            (docs / "link.txt").unlink()
+            os.symlink(outside / "secret.txt", docs / "link.txt")  # a link is re-pointed
+            shutil.rmtree(docs / "sub")
+            os.symlink(outside, docs / "sub")  # a folder becomes a link
+            (docs / "d.txt").unlink()
+            os.link(outside / "secret.txt", docs / "d.txt")  # another file under the name
+            swapped.append(total)
+
+    result = load_documents([docs], progress=swap_after_walk)
+    assert swapped == [6]
+    # z.txt is read under its own name: the link to it was not (it changed).
+    assert [d.source for d in result.documents] == ["docs/b.txt", "docs/z.txt"]
+    assert "secret" not in " ".join(d.text for d in result.documents)
+    reasons = {Path(path).relative_to(docs).as_posix(): why for path, why in result.skipped}
+    changed = "changed after the folder was listed (replaced or moved); not read"
+    assert reasons == {
+        "a.txt": "became a symlink after the folder was listed; not followed",
+        "link.txt": changed,
+        "sub/c.txt": changed,
+        "d.txt": changed,
+    }
+    # Given directly (not found by a walk), a link is the user's choice and is followed.
+    assert load_document(docs / "a.txt").text == "root:x:0:0 secret"
+
+
+def test_a_file_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path):
+    docs = tmp_path / "docs"
+    write(docs / "a.txt", "alpha")
+
+    def swap(done: int, total: int) -> None:
+        if done == 0:
+            (docs / "a.txt").unlink()
+            os.mkfifo(docs / "a.txt")  # opening it for reading would block forever
+
+    result = load_documents([docs], progress=swap)
+    assert result.skipped == [(str(docs / "a.txt"), "not a regular file")]

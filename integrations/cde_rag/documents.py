@@ -7,6 +7,7 @@ and chunk ids are derived from content so running ingestion again yields the sam
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -16,7 +17,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import CDEError
 from .splitting import split_spans
@@ -109,32 +110,47 @@ def load_document(
     `max_pages` and texts over `max_chars` are refused; a PDF stops being read as soon as it
     passes either cap.
     """
-    file = Path(path)
+    return _load(_Entry(Path(path), source), Limits(max_bytes, max_pages, max_chars))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on the work one file may cause (see `load_document`)."""
+
+    bytes: int
+    pages: int
+    chars: int
+
+
+class _Entry(NamedTuple):
+    """A file to read. `expect` is the (device, inode) a folder walk saw at `path`, and `link`
+    whether it saw a symlink there (then the link is followed, to that same file only)."""
+
+    path: Path
+    source: str | None
+    expect: tuple[int, int] | None = None
+    link: bool = True
+
+
+def _load(entry: _Entry, limits: Limits) -> Document:
+    file = entry.path
     suffix = file.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DocumentError(
             f"unsupported file type {suffix or '(no extension)'!r}; supported: "
             f"{', '.join(SUPPORTED_SUFFIXES)}"
         )
-    data = _read_bytes(file, max_bytes)
+    data = _read_bytes(entry, limits.bytes)
     if not data.strip():
         raise DocumentError("empty file")
     meta: dict[str, Any] = {"type": suffix.lstrip("."), "bytes": len(data)}
-    text = clean_text(_extract(suffix, data, meta, Limits(max_pages, max_chars)))
-    if len(text) > max_chars:
-        raise _too_much_text(max_chars, f"{len(text):,} characters")
+    text = clean_text(_extract(suffix, data, meta, limits))
+    if len(text) > limits.chars:
+        raise _too_much_text(limits.chars, f"{len(text):,} characters")
     if not text.strip():
         raise DocumentError("no text left after removing control characters and whitespace")
-    name = display_name(source if source is not None else file.name)
+    name = display_name(entry.source if entry.source is not None else file.name)
     return Document(text=text, source=name, metadata={"source": name, **meta})
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Caps on the work one PDF may cause."""
-
-    pages: int
-    chars: int
 
 
 def _too_much_text(max_chars: int, found: str) -> DocumentError:
@@ -183,28 +199,41 @@ def display_name(name: str) -> str:
     return name.strip() or "unnamed"
 
 
-def _read_bytes(file: Path, max_bytes: int) -> bytes:
+def _read_bytes(entry: _Entry, max_bytes: int) -> bytes:
+    """The file's bytes, checked on the opened file rather than its path, so what a folder
+    walk vetted is what is read even if the path is swapped meanwhile."""
+    # Non-blocking, so a FIFO or device put in the file's place cannot hang the open.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    if not entry.link:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        info = file.stat()
+        fd = os.open(entry.path, flags)
     except FileNotFoundError:
         raise DocumentError("no such file") from None
     except PermissionError:
         raise DocumentError("permission denied") from None
-    if not stat.S_ISREG(info.st_mode):
-        # FIFOs and devices would block or never end; folders are walked by load_documents.
-        raise DocumentError("not a regular file")
-    if info.st_size > max_bytes:
-        raise DocumentError(
-            f"file is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit; split it or "
-            "raise the limit (max_bytes; cde-rag index --max-mb)"
-        )
-    try:
-        with file.open("rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except PermissionError:
-        raise DocumentError("permission denied") from None
     except OSError as exc:
-        raise DocumentError(f"cannot read: {exc.strerror or exc}") from None
+        if exc.errno == errno.ELOOP and not entry.link:
+            raise DocumentError(
+                "became a symlink after the folder was listed; not followed"
+            ) from None
+        raise DocumentError(f"cannot open: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            # FIFOs and devices would block or never end; folders are walked by load_documents.
+            raise DocumentError("not a regular file")
+        if entry.expect is not None and (info.st_dev, info.st_ino) != entry.expect:
+            raise DocumentError("changed after the folder was listed (replaced or moved); not read")
+        if info.st_size > max_bytes:
+            raise DocumentError(
+                f"file is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit; split it or "
+                "raise the limit (max_bytes; cde-rag index --max-mb)"
+            )
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise DocumentError(f"cannot read: {exc.strerror or exc}") from None
     if len(data) > max_bytes:
         raise DocumentError(f"file grew past the {max_bytes:,}-byte limit while being read")
     return data
@@ -385,30 +414,28 @@ def load_documents(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     result = LoadResult()
-    candidates: list[tuple[Path, str]] = []
+    entries: list[_Entry] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            _walk(path, recursive, candidates, result.skipped)
+            _walk(path, recursive, entries, result.skipped)
         elif path.exists() or path.is_symlink():
-            candidates.append((path, path.name))
+            entries.append(_Entry(path, path.name))
         else:
             result.skipped.append((str(path), "no such file or folder"))
-    seen: set[Path] = set()
-    caps = {"max_bytes": max_bytes, "max_pages": max_pages, "max_chars": max_chars}
+    seen: set[tuple[int, int]] = set()
+    limits = Limits(max_bytes, max_pages, max_chars)
     if progress is not None:
-        progress(0, len(candidates))
-    for done, (file, source) in enumerate(candidates, 1):
-        _load_into(file, source, caps, result, seen)
+        progress(0, len(entries))
+    for done, entry in enumerate(entries, 1):
+        _load_into(entry, limits, result, seen)
         if progress is not None:
-            progress(done, len(candidates))
+            progress(done, len(entries))
     return result
 
 
-def _walk(
-    root: Path, recursive: bool, found: list[tuple[Path, str]], skipped: list[tuple[str, str]]
-) -> None:
-    """Collect `(file, source)` for the files under `root` that may be read."""
+def _walk(root: Path, recursive: bool, found: list[_Entry], skipped: list[tuple[str, str]]) -> None:
+    """Collect the files under `root` that may be read, with the identity each had then."""
     try:
         real_root = root.resolve(strict=True)
     except OSError as exc:
@@ -436,36 +463,45 @@ def _walk(
             if name.startswith("."):
                 skipped.append((str(file), "hidden file, not read"))
                 continue
-            if file.is_symlink():
-                try:
+            try:
+                info = file.lstat()
+                link = stat.S_ISLNK(info.st_mode)
+                if link:
                     target = file.resolve(strict=True)
-                except (OSError, RuntimeError):
-                    skipped.append((str(file), "broken or looping symlink"))
-                    continue
-                if not target.is_relative_to(real_root):
-                    skipped.append(
-                        (str(file), f"symlink to {target}, outside {root}; not followed")
-                    )
-                    continue
-            found.append((file, f"{label}/{file.relative_to(root).as_posix()}"))
+                    info = target.lstat()  # the resolved path has no link left to follow
+            except (OSError, RuntimeError):
+                skipped.append((str(file), "broken or looping symlink"))
+                continue
+            if link and not target.is_relative_to(real_root):
+                skipped.append((str(file), f"symlink to {target}, outside {root}; not followed"))
+                continue
+            source = f"{label}/{file.relative_to(root).as_posix()}"
+            found.append(_Entry(file, source, (info.st_dev, info.st_ino), link))
 
 
 def _load_into(
-    file: Path, source: str, caps: dict[str, int], result: LoadResult, seen: set[Path]
+    entry: _Entry, limits: Limits, result: LoadResult, seen: set[tuple[int, int]]
 ) -> None:
-    try:
-        real = file.resolve(strict=True)
-    except (OSError, RuntimeError):
-        result.skipped.append((str(file), "broken or looping symlink"))
+    """Load one entry into `result`, once per file however many names or links lead to it."""
+    identity = entry.expect
+    if identity is None:
+        try:
+            info = entry.path.stat()
+        except (OSError, RuntimeError):
+            result.skipped.append((str(entry.path), "broken or looping symlink"))
+            return
+        identity = (info.st_dev, info.st_ino)
+    if identity in seen:
+        result.skipped.append(
+            (str(entry.path), "same file already loaded (duplicate path or link)")
+        )
         return
-    if real in seen:
-        result.skipped.append((str(file), "same file already loaded (duplicate path or link)"))
-        return
-    seen.add(real)
     try:
-        result.documents.append(load_document(file, source=source, **caps))
+        result.documents.append(_load(entry, limits))
     except DocumentError as exc:
-        result.skipped.append((str(file), str(exc)))
+        result.skipped.append((str(entry.path), str(exc)))
+    else:
+        seen.add(identity)
 
 
 # -- chunking ---------------------------------------------------------------------------------
