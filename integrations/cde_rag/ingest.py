@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -47,10 +46,6 @@ _CHUNK_SIZE_KEY = "cde_rag_chunk_size"
 _CHUNK_OVERLAP_KEY = "cde_rag_chunk_overlap"
 # Chroma's rule for the characters of a name (cde_rag.chroma limits the length).
 _COLLECTION_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]*[a-zA-Z0-9]")
-# Test hook: "SECONDS" pauses after each "context" and "store" progress step, "store:SECONDS"
-# after store steps only, so a crash test can kill the process at known points (before the
-# fit, between stored batches). Unset in normal use.
-STEP_DELAY_ENV = "CDE_RAG_TEST_STEP_DELAY"
 
 
 @dataclass(frozen=True)
@@ -313,9 +308,6 @@ class _Reporter:
         self.show = show is not False and callback is None
         self.bar: Any = None
         self.phase = ""
-        phases, _, delay = os.environ.get(STEP_DELAY_ENV, "").rpartition(":")
-        self.delay = float(delay) if delay else 0.0
-        self.delay_phases = (phases,) if phases else ("context", "store")
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if self.callback is not None:
@@ -331,8 +323,6 @@ class _Reporter:
             self.bar.total = total
             self.bar.n = done
             self.bar.refresh()
-        if self.delay and phase in self.delay_phases:
-            time.sleep(self.delay)
 
     def close(self) -> None:
         if self.bar is not None:
