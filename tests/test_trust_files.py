@@ -17,7 +17,9 @@ import sys
 import textwrap
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -125,6 +127,7 @@ def test_chunks_are_langchains_on_any_text(text, size, data):
 TIMING_SCRIPT = """
 import json, sys, tempfile, time
 from pathlib import Path
+from types import SimpleNamespace
 from cde_rag.documents import Document, chunk_documents, load_document
 
 jobs = json.loads(sys.stdin.read())  # name: [file suffix, text]; no suffix: chunk the text
@@ -445,3 +448,97 @@ def test_a_file_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path):
 
     result = load_documents([docs], progress=swap)
     assert result.skipped == [(str(docs / "a.txt"), "not a regular file")]
+
+
+# -- item 14: a full disk is named, with the remedy; a re-run after freeing space completes -----
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs at `.path` (mounting needs root: skipped elsewhere); `.grow()` makes room."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+
+    def grow() -> None:
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+
+    try:
+        yield SimpleNamespace(path=mount, grow=grow)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def stored_state(db: Path) -> tuple[dict[str, tuple], str]:
+    """Every stored chunk by id (text, metadata, vector), and the stored context's fingerprint,
+    read in a fresh process so nothing is cached from the run that wrote them."""
+    script = """
+import json, sys
+import chromadb
+from cde_rag import chroma
+client = chromadb.PersistentClient(sys.argv[1], settings=chromadb.Settings(anonymized_telemetry=False))
+raw = client.get_collection("docs", embedding_function=None)
+got = raw.get(include=["documents", "metadatas", "embeddings"])
+rows = {i: [d, m, [float(x) for x in e]]
+        for i, d, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"])}
+print(json.dumps([rows, chroma.get_context(raw).fingerprint]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(db)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    rows, fingerprint = json.loads(done.stdout)
+    return {
+        i: (text, meta, np.array(vector)) for i, (text, meta, vector) in rows.items()
+    }, fingerprint
+
+
+def test_a_full_disk_is_named_and_a_rerun_after_freeing_space_completes(
+    tmp_path, tiny_path, small_disk
+):
+    docs = tmp_path / "docs"
+    rng = random.Random(0)
+    for i in range(40):
+        paragraphs = [" ".join(rng.choice(WORDS) for _ in range(100)) for _ in range(10)]
+        write(docs / f"d{i:02d}.txt", "\n\n".join(paragraphs))
+
+    def index(db: Path) -> subprocess.CompletedProcess[str]:
+        command = ["index", str(docs), "--collection", "docs", "--db", str(db), "--json"]
+        return subprocess.run(
+            [sys.executable, "-m", "cde_rag.cli", *command, "--model", tiny_path],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+        )
+
+    db = small_disk.path / "db"
+    full = index(db)
+    assert full.returncode == 1
+    [line] = full.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"cde-rag index: error: No space left on the disk holding {db} (")
+    assert "Free space there (or index into a --db on a larger disk), then run the same " in line
+    assert "Error in compaction" in line  # Chroma's own words stay, after the cause
+
+    small_disk.grow()
+    rerun = index(db)
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads(rerun.stdout)
+    assert report["skipped"] > 0 and report["added"] + report["skipped"] == report["chunks"]
+    clean = index(tmp_path / "clean")
+    assert clean.returncode == 0, clean.stderr
+    # As if the disk had never filled: the same chunks, metadata, vectors and context.
+    (rows, context), (clean_rows, clean_context) = (
+        stored_state(db),
+        stored_state(tmp_path / "clean"),
+    )
+    assert context == clean_context and rows.keys() == clean_rows.keys()
+    for i, (text, meta, vector) in rows.items():
+        assert (text, meta) == clean_rows[i][:2]
+        np.testing.assert_allclose(vector, clean_rows[i][2], atol=1e-5)

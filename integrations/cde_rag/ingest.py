@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -32,6 +34,7 @@ from .documents import (
     chunk_documents,
     load_documents,
 )
+from .errors import CDEError
 from .model import CDEModel, DTypeLike
 
 if TYPE_CHECKING:
@@ -215,6 +218,13 @@ def index_documents(
         finally:
             if cache is not None:
                 store_model.use_embedding_cache(previous)
+    except CDEError:
+        raise
+    except Exception as exc:
+        full = _full_disk(exc, client, embedding_cache)
+        if full is None:
+            raise
+        raise full from exc
     finally:
         report.close()
     return IndexReport(
@@ -226,6 +236,39 @@ def index_documents(
         context=chroma.get_context(store).fingerprint,
         new_collection=new,
     )
+
+
+class StorageFullError(CDEError, OSError):
+    """The disk holding the Chroma store or the embedding cache ran out of space."""
+
+
+# Below this much free space, a failed write to the store or the cache is put down to a full
+# disk (Chroma reports one as "Error in compaction ...", SQLite as "database or disk is full").
+LOW_SPACE_BYTES = 64 * 1024 * 1024
+
+
+def _full_disk(
+    exc: Exception, client: ClientAPI, cache: str | os.PathLike[str] | None
+) -> StorageFullError | None:
+    """Name a full disk as the cause of `exc`, with the remedy, when the store's folder or the
+    cache's is (nearly) out of space; None when neither is."""
+    settings = client.get_settings()
+    places = [Path(settings.persist_directory)] if settings.is_persistent else []
+    if cache is not None:
+        places.append(Path(cache).parent)
+    for place in places:
+        try:
+            free = shutil.disk_usage(place).free
+        except OSError:
+            continue
+        if free < LOW_SPACE_BYTES:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            return StorageFullError(
+                f"No space left on the disk holding {place} ({free:,} bytes free), so writing "
+                f"failed ({detail}). Free space there (or index into a --db on a larger disk), "
+                "then run the same command again: chunks already stored are kept and skipped."
+            )
+    return None
 
 
 def check_collection_name(name: str) -> str:
