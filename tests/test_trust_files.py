@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_documents import write
+from test_ingest import WORDS
 
 from cde_rag.documents import (
     Document,
@@ -32,22 +34,6 @@ from cde_rag.documents import (
     load_document,
     load_documents,
 )
-
-WORDS = [
-    "the",
-    "river",
-    "bank",
-    "loan",
-    "interest",
-    "water",
-    "fish",
-    "money",
-    "stream",
-    "deposit",
-    "current",
-    "credit",
-    "flood",
-]
 
 
 def prose(chars: int, seed: int = 0) -> str:
@@ -208,28 +194,6 @@ def test_deep_html_keeps_its_text(tmp_path):
     path = tmp_path / "deep.html"
     path.write_text("<div>" * depth + "deep text" + "</div>" * depth + "<p>after</p>")
     assert load_document(path).text == "deep text\n\nafter"
-
-
-def test_only_visible_html_text_remains(tmp_path):
-    html = (
-        "<!DOCTYPE html><?xml-stylesheet href='a.css'?><html><head><title>T</title>"
-        "<script>var hidden = 1;</script></head><body><!-- a comment -->"
-        "<p>Visible <![CDATA[cdata text]]>text<![if !IE]>, kept<![endif]></p>"
-        "<style>p {}</style><noscript>no js</noscript><template>later</template>"
-        "<p>Ruby <ruby>漢<rp>(</rp><rt>kan</rt><rp>)</rp></ruby></p></body></html>"
-    )
-    doc = load_document(write(tmp_path / "page.html", html))
-    assert doc.text == "Visible text, kept\n\nRuby 漢(kan)"
-    assert doc.metadata["title"] == "T"
-
-
-def write(path: Path, data: bytes | str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        path.write_text(data, encoding="utf-8")
-    else:
-        path.write_bytes(data)
-    return path
 
 
 # -- item 4: one file that breaks its parser is skipped; the rest are indexed ------------------

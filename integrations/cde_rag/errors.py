@@ -29,3 +29,11 @@ class NotFittedError(ContextError):
 
 class InputError(CDEError, TypeError):
     """Texts handed to the engine are not a list of strings."""
+
+
+class DocumentError(CDEError, ValueError):
+    """A file cannot be turned into text (binary, empty, encrypted, too large, unreadable)."""
+
+
+class StorageFullError(CDEError, OSError):
+    """The disk holding a store or a cache ran out of space."""

@@ -34,7 +34,7 @@ from .documents import (
     chunk_documents,
     load_documents,
 )
-from .errors import CDEError
+from .errors import CDEError, StorageFullError
 from .model import CDEModel, DTypeLike
 
 if TYPE_CHECKING:
@@ -236,10 +236,6 @@ def index_documents(
         context=chroma.get_context(store).fingerprint,
         new_collection=new,
     )
-
-
-class StorageFullError(CDEError, OSError):
-    """The disk holding the Chroma store or the embedding cache ran out of space."""
 
 
 # Below this much free space, a failed write to the store or the cache is put down to a full
