@@ -153,15 +153,36 @@ def test_pdf_text_pages_and_owner_only_encryption(tmp_path):
     assert opened.text == "Open me"
 
 
-def test_html_drops_scripts_and_keeps_paragraphs(tmp_path):
-    html = (
-        "<html><head><title> My\n page </title><style>p{color:red}</style></head><body>"
-        "<script>alert('x')</script><h1>Head</h1><p>One <b>bold</b>\n word</p>"
-        "<ul><li>a</li><li>b</li></ul><noscript>js off</noscript>tail</body></html>"
-    )
+@pytest.mark.parametrize(
+    ("html", "text", "title"),
+    [
+        (
+            "<html><head><title> My\n page </title><style>p{color:red}</style></head><body>"
+            "<script>alert('x')</script><h1>Head</h1><p>One <b>bold</b>\n word</p>"
+            "<ul><li>a</li><li>b</li></ul><noscript>js off</noscript>tail</body></html>",
+            "Head\n\nOne bold word\n\na\nb\n\ntail",
+            "My page",
+        ),
+        # Only visible text: no doctype (it leaked as "html"), comments, CDATA, processing
+        # instructions, conditional comments or templates; ruby annotations are visible.
+        (
+            "<!DOCTYPE html><?xml-stylesheet href='a.css'?><html><head><title>T</title>"
+            "<script>var hidden = 1;</script></head><body><!-- a comment -->"
+            "<p>Visible <![CDATA[cdata text]]>text<![if !IE]>, kept<![endif]></p>"
+            "<style>p {}</style><noscript>no js</noscript><template>later</template>"
+            "<p>Ruby <ruby>漢<rp>(</rp><rt>kan</rt><rp>)</rp></ruby></p></body></html>",
+            "Visible text, kept\n\nRuby 漢(kan)",
+            "T",
+        ),
+    ],
+)
+def test_html_keeps_visible_text_and_paragraphs(tmp_path, html, text, title):
     doc = load_document(write(tmp_path / "p.htm", html))
-    assert doc.text == "Head\n\nOne bold word\n\na\nb\n\ntail"
-    assert doc.metadata["title"] == "My page"
+    assert doc.text == text
+    assert doc.metadata["title"] == title
+
+
+def test_html_declared_encoding(tmp_path):
     latin = "<html><head><meta charset='iso-8859-1'></head><body>caf\xe9</body></html>"
     assert load_document(write(tmp_path / "l.html", latin.encode("latin-1"))).text == "café"
 

@@ -19,7 +19,7 @@ import pytest
 from cde_rag import chroma
 from cde_rag.documents import DocumentError, chunk_documents, load_documents
 from cde_rag.errors import ContextMismatchError
-from cde_rag.ingest import STEP_DELAY_ENV, IndexReport, index_paths, query_collection
+from cde_rag.ingest import IndexReport, index_paths, query_collection
 
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
 SETTINGS = chromadb.Settings(anonymized_telemetry=False)
@@ -227,13 +227,45 @@ def cli_index(docs: Path, db: Path, tiny_path: str, batch: int = 8) -> list[str]
     ]
 
 
-def run_and_kill(
-    cmd: list[str], kill_when, *, delay: float = 0.0, park: str = "", timeout: float = 180
-):
+# A child process indexing as `cde-rag index` does (same collection, cache and chunking), with
+# a progress callback that prints each step as `--progress lines` would and parks at the
+# phases named in argv[4] for argv[5] seconds, so a kill lands exactly there.
+PARKED_INDEX = """
+import sys, time
+from pathlib import Path
+import chromadb
+from cde_rag.cli.index import CACHE_FILE
+from cde_rag.ingest import index_paths
+
+docs, db, model, phases, seconds, size, overlap, batch = sys.argv[1:]
+
+def progress(phase, done, total):
+    print(f"{phase} {done}/{total}", file=sys.stderr, flush=True)
+    if phase in phases.split(","):
+        time.sleep(float(seconds))
+
+client = chromadb.PersistentClient(db, settings=chromadb.Settings(anonymized_telemetry=False))
+index_paths(
+    [docs], client=client, collection="crash", model=model, chunk_size=int(size),
+    chunk_overlap=int(overlap), batch_size=int(batch), embedding_cache=Path(db) / CACHE_FILE,
+    progress=progress,
+)
+"""
+
+
+def parked_index(
+    docs: Path, db: Path, tiny_path: str, park: str, seconds: float, batch: int = 8
+) -> list[str]:
+    """The child that indexes like `cli_index`, parking `seconds` at each step of `park`."""
+    sizes = [str(CHUNKING["chunk_size"]), str(CHUNKING["chunk_overlap"]), str(batch)]
+    paths = [str(docs), str(db), tiny_path]
+    return [sys.executable, "-c", PARKED_INDEX, *paths, park, str(seconds), *sizes]
+
+
+def run_and_kill(cmd: list[str], kill_when, *, delay: float = 0.0, timeout: float = 180):
     """Run `cmd` and SIGKILL it `delay` seconds after `kill_when(line)` is true for a line of
-    its stderr. `park` (the ingest test hook) makes it pause at progress steps, so the kill
-    lands exactly there. Returns (killed: it died of SIGKILL, stderr lines)."""
-    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", STEP_DELAY_ENV: park}
+    its stderr. Returns (killed: it died of SIGKILL, stderr lines)."""
+    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -291,13 +323,17 @@ def test_kill_9_at_several_points_then_rerun(tmp_path, tiny_path):
     # 1. At a random moment while fitting, writing the context or creating the collection
     #    (parked at the first stored batch at the latest, so this run cannot finish).
     killed, _ = run_and_kill(
-        cmd, lambda line: line == "context 0/1", delay=random.uniform(0, 0.5), park="store:3"
+        parked_index(docs, db, tiny_path, park="store", seconds=3),
+        lambda line: line == "context 0/1",
+        delay=random.uniform(0, 0.5),
     )
     ids, context = inspect(db, expected)
     assert killed and len(ids) == 0
 
     # 2. Parked between stored batches: exactly the batches reported are there.
-    killed, lines = run_and_kill(cmd, store_at_least(16), park="store:2.5")
+    killed, lines = run_and_kill(
+        parked_index(docs, db, tiny_path, park="store", seconds=2.5), store_at_least(16)
+    )
     ids, fingerprint = inspect(db, expected)
     last = [int(m.group(1)) for m in map(STORE_LINE.match, lines) if m][-1]
     assert killed and len(ids) == last and 16 <= last < total

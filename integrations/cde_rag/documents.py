@@ -7,47 +7,48 @@ and chunk ids are derived from content so running ingestion again yields the sam
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import logging
 import os
-import re
 import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from .errors import CDEError
+from .errors import DocumentError
+from .extraction import SUPPORTED_SUFFIXES, Limits, clean_text, extract_text
+from .splitting import split_spans
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".pdf", ".html", ".htm")
+__all__ = [
+    "DEFAULT_CHUNK_OVERLAP",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_CHARS",
+    "DEFAULT_MAX_PAGES",
+    "SUPPORTED_SUFFIXES",
+    "Chunk",
+    "Document",
+    "DocumentError",
+    "LoadResult",
+    "check_chunk_sizes",
+    "chunk_documents",
+    "chunk_id",
+    "clean_text",
+    "display_name",
+    "load_document",
+    "load_documents",
+]
+
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+# A PDF's work is not bounded by its size (a 3 KB page tree can claim 32,768 pages, a 270 KB
+# file reusing one content stream on every page yields 20 MB of text), so pages and extracted
+# characters are capped too: far above a long book, far below what makes indexing hang.
+DEFAULT_MAX_PAGES = 5_000
+DEFAULT_MAX_CHARS = 10_000_000
 DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_CHUNK_OVERLAP = 150
-
-# C0 and C1 control characters except tab and newline, DEL, and the two non-characters that
-# some tools choke on. Carriage returns are normalised to newlines before this runs.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")
-# Control characters that never occur in real text files; above a few of them and this share
-# of the text, a "text" file is binary data, not text with some noise.
-_BINARY_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
-_BINARY_CONTROL_RATIO = 0.05
-_BINARY_CONTROL_MIN = 8
-# Block elements end a paragraph (a blank line); the _HTML_LINES ones end a line.
-_HTML_BLOCKS = re.compile(
-    r"^(address|article|aside|blockquote|br|d[dlt]|div|figcaption|footer|h[1-6]|header|hr|li"
-    r"|main|nav|ol|p|pre|section|table|t[dhr]|ul)$"
-)
-_HTML_LINES = ("br", "dd", "dt", "li", "td", "th", "tr")
-_WHITESPACE = re.compile(r"\s+")
-_SPACES = re.compile(r"[ \t\u00a0]+")
-_BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
-_NON_SPACE = re.compile(r"\S")
-
-
-class DocumentError(CDEError, ValueError):
-    """A file cannot be turned into text (binary, empty, encrypted, too large, unreadable)."""
 
 
 @dataclass(frozen=True)
@@ -86,41 +87,46 @@ def load_document(
     *,
     source: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    max_chars: int = DEFAULT_MAX_CHARS,
 ) -> Document:
     """Read a .txt/.md/.pdf/.html file into clean text, or raise `DocumentError` saying why not.
 
     `source` overrides the name recorded for the document (e.g. the original name of an
-    uploaded file); by default it is the file name.
+    uploaded file); by default it is the file name. Files over `max_bytes`, PDFs over
+    `max_pages` and texts over `max_chars` are refused; a PDF stops being read as soon as it
+    passes either cap.
     """
-    file = Path(path)
+    return _load(_Entry(Path(path), source), Limits(max_bytes, max_pages, max_chars))
+
+
+class _Entry(NamedTuple):
+    """A file to read. `expect` is the (device, inode) a folder walk saw at `path`, and `link`
+    whether it saw a symlink there (then the link is followed, to that same file only)."""
+
+    path: Path
+    source: str | None
+    expect: tuple[int, int] | None = None
+    link: bool = True
+
+
+def _load(entry: _Entry, limits: Limits) -> Document:
+    file = entry.path
     suffix = file.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DocumentError(
             f"unsupported file type {suffix or '(no extension)'!r}; supported: "
             f"{', '.join(SUPPORTED_SUFFIXES)}"
         )
-    data = _read_bytes(file, max_bytes)
+    data = _read_bytes(entry, limits.bytes)
     if not data.strip():
         raise DocumentError("empty file")
     meta: dict[str, Any] = {"type": suffix.lstrip("."), "bytes": len(data)}
-    if suffix == ".pdf":
-        text = _pdf_text(data, meta)
-    elif suffix in (".html", ".htm"):
-        text = _html_text(data, meta)
-    else:
-        text = _decode_text(data, meta)
-    text = clean_text(text)
+    text = extract_text(suffix, data, meta, limits)
     if not text.strip():
         raise DocumentError("no text left after removing control characters and whitespace")
-    name = display_name(source if source is not None else file.name)
+    name = display_name(entry.source if entry.source is not None else file.name)
     return Document(text=text, source=name, metadata={"source": name, **meta})
-
-
-def clean_text(text: str) -> str:
-    """Normalise newlines, drop control characters, and squeeze runs of blank lines."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n").replace("\v", "\n")
-    text = _CONTROL.sub("", text)
-    return _BLANK_LINES.sub("\n\n", text).strip()
 
 
 def display_name(name: str) -> str:
@@ -132,125 +138,44 @@ def display_name(name: str) -> str:
     return name.strip() or "unnamed"
 
 
-def _read_bytes(file: Path, max_bytes: int) -> bytes:
+def _read_bytes(entry: _Entry, max_bytes: int) -> bytes:
+    """The file's bytes, checked on the opened file rather than its path, so what a folder
+    walk vetted is what is read even if the path is swapped meanwhile."""
+    # Non-blocking, so a FIFO or device put in the file's place cannot hang the open.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    if not entry.link:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        info = file.stat()
+        fd = os.open(entry.path, flags)
     except FileNotFoundError:
         raise DocumentError("no such file") from None
     except PermissionError:
         raise DocumentError("permission denied") from None
-    if not stat.S_ISREG(info.st_mode):
-        # FIFOs and devices would block or never end; folders are walked by load_documents.
-        raise DocumentError("not a regular file")
-    if info.st_size > max_bytes:
-        raise DocumentError(
-            f"file is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit; split it or "
-            "raise the limit (max_bytes; cde-rag index --max-mb)"
-        )
-    try:
-        with file.open("rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except PermissionError:
-        raise DocumentError("permission denied") from None
     except OSError as exc:
-        raise DocumentError(f"cannot read: {exc.strerror or exc}") from None
+        if exc.errno == errno.ELOOP and not entry.link:
+            raise DocumentError(
+                "became a symlink after the folder was listed; not followed"
+            ) from None
+        raise DocumentError(f"cannot open: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            # FIFOs and devices would block or never end; folders are walked by load_documents.
+            raise DocumentError("not a regular file")
+        if entry.expect is not None and (info.st_dev, info.st_ino) != entry.expect:
+            raise DocumentError("changed after the folder was listed (replaced or moved); not read")
+        if info.st_size > max_bytes:
+            raise DocumentError(
+                f"file is {info.st_size:,} bytes, over the {max_bytes:,}-byte limit; split it or "
+                "raise the limit (max_bytes; cde-rag index --max-mb)"
+            )
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise DocumentError(f"cannot read: {exc.strerror or exc}") from None
     if len(data) > max_bytes:
         raise DocumentError(f"file grew past the {max_bytes:,}-byte limit while being read")
     return data
-
-
-def _decode_text(data: bytes, meta: dict[str, Any]) -> str:
-    """UTF-8 (with or without BOM), UTF-16 with BOM, else a legacy 8-bit encoding.
-
-    Broken UTF-8 (a few bad bytes among valid multibyte sequences) keeps its valid text and
-    gets U+FFFD for the bad bytes; files with no valid multibyte sequence at all are read as
-    Windows-1252, the usual source of non-UTF-8 text.
-    """
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            text, encoding = data.decode("utf-16"), "utf-16"
-        except UnicodeDecodeError:
-            raise DocumentError("has a UTF-16 byte-order mark but is not valid UTF-16") from None
-    else:
-        if b"\x00" in data:
-            raise DocumentError("binary data (contains NUL bytes), not text")
-        try:
-            text, encoding = data.decode("utf-8-sig"), "utf-8"
-        except UnicodeDecodeError:
-            text = data.decode("utf-8", "replace")
-            if any(ord(ch) > 0x7F and ch != "\ufffd" for ch in text):
-                encoding = "utf-8 (invalid bytes replaced)"
-            else:
-                text, encoding = data.decode("cp1252", "replace"), "cp1252"
-    _refuse_binary(text)
-    meta["encoding"] = encoding
-    return text
-
-
-def _refuse_binary(text: str) -> None:
-    controls = len(_BINARY_CONTROL.findall(text))
-    if controls > max(_BINARY_CONTROL_MIN, _BINARY_CONTROL_RATIO * len(text)):
-        raise DocumentError(f"binary data ({controls} control characters in {len(text)}), not text")
-
-
-def _html_text(data: bytes, meta: dict[str, Any]) -> str:
-    from bs4 import BeautifulSoup
-
-    if b"\x00" in data and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DocumentError("binary data (contains NUL bytes), not HTML")
-    soup = BeautifulSoup(data, "html.parser")
-    if soup.title is not None:
-        meta["title"] = clean_text(_WHITESPACE.sub(" ", soup.title.get_text(" ")))[:200]
-    for tag in soup(["script", "style", "noscript", "template", "head"]):
-        tag.decompose()
-    # Source line breaks inside a paragraph are just spaces, as a browser shows them.
-    for string in soup.find_all(string=True):
-        if string.find_parent("pre") is None:
-            string.replace_with(_WHITESPACE.sub(" ", string))
-    # Keep paragraphs apart (the splitter cuts there first) but inline tags within a line.
-    for tag in soup.find_all(_HTML_BLOCKS):
-        tag.insert_after("\n" if tag.name in _HTML_LINES else "\n\n")
-    text = soup.get_text()
-    _refuse_binary(text)
-    meta["encoding"] = soup.original_encoding or "utf-8"
-    return "\n".join(_SPACES.sub(" ", line).strip() for line in text.splitlines())
-
-
-def _pdf_text(data: bytes, meta: dict[str, Any]) -> str:
-    import io
-
-    from pypdf import PdfReader
-
-    # pypdf logs a warning for every quirk of a damaged PDF; the reason we raise is enough.
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not _decrypts_without_password(reader):
-            raise DocumentError(
-                "encrypted PDF; save an unencrypted copy (e.g. print to PDF) and index that"
-            )
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except DocumentError:
-        raise
-    except (RecursionError, MemoryError, NotImplementedError) as exc:
-        raise DocumentError(f"PDF too complex or unsupported ({type(exc).__name__})") from None
-    except Exception as exc:
-        # A damaged PDF surfaces as almost any exception from deep inside pypdf (struct,
-        # zlib, arithmetic, key errors...); all of them mean this one file cannot be read.
-        raise DocumentError(f"not a readable PDF ({type(exc).__name__}: {exc})") from None
-    meta["pages"] = len(pages)
-    text = "\n\n".join(p.strip() for p in pages if p.strip())
-    if not text:
-        raise DocumentError("PDF has no extractable text (scanned images?); run OCR on it first")
-    return text
-
-
-def _decrypts_without_password(reader: Any) -> bool:
-    """Many PDFs are 'encrypted' with an empty user password; those open fine."""
-    try:
-        return bool(reader.decrypt(""))
-    except Exception:  # missing crypto backend, unsupported algorithm: treat as locked
-        return False
 
 
 # -- loading many files -----------------------------------------------------------------------
@@ -261,6 +186,8 @@ def load_documents(
     *,
     recursive: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    max_chars: int = DEFAULT_MAX_CHARS,
     progress: Callable[[int, int], None] | None = None,
 ) -> LoadResult:
     """Load files and folders; never raises for a bad file, it lands in `skipped` instead.
@@ -270,34 +197,33 @@ def load_documents(
     so a link cannot pull `/etc` into an index. A file's source is `<folder name>/<path in
     folder>` for walked files and its file name for files given directly, which keeps chunk
     ids the same whichever way the folder is spelled on the command line.
-    `progress(done, total)` is called as files are read.
+    `progress(done, total)` is called as files are read. The caps are `load_document`'s.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     result = LoadResult()
-    candidates: list[tuple[Path, str]] = []
+    entries: list[_Entry] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            _walk(path, recursive, candidates, result.skipped)
+            _walk(path, recursive, entries, result.skipped)
         elif path.exists() or path.is_symlink():
-            candidates.append((path, path.name))
+            entries.append(_Entry(path, path.name))
         else:
             result.skipped.append((str(path), "no such file or folder"))
-    seen: set[Path] = set()
+    seen: set[tuple[int, int]] = set()
+    limits = Limits(max_bytes, max_pages, max_chars)
     if progress is not None:
-        progress(0, len(candidates))
-    for done, (file, source) in enumerate(candidates, 1):
-        _load_into(file, source, max_bytes, result, seen)
+        progress(0, len(entries))
+    for done, entry in enumerate(entries, 1):
+        _load_into(entry, limits, result, seen)
         if progress is not None:
-            progress(done, len(candidates))
+            progress(done, len(entries))
     return result
 
 
-def _walk(
-    root: Path, recursive: bool, found: list[tuple[Path, str]], skipped: list[tuple[str, str]]
-) -> None:
-    """Collect `(file, source)` for the files under `root` that may be read."""
+def _walk(root: Path, recursive: bool, found: list[_Entry], skipped: list[tuple[str, str]]) -> None:
+    """Collect the files under `root` that may be read, with the identity each had then."""
     try:
         real_root = root.resolve(strict=True)
     except OSError as exc:
@@ -325,36 +251,45 @@ def _walk(
             if name.startswith("."):
                 skipped.append((str(file), "hidden file, not read"))
                 continue
-            if file.is_symlink():
-                try:
+            try:
+                info = file.lstat()
+                link = stat.S_ISLNK(info.st_mode)
+                if link:
                     target = file.resolve(strict=True)
-                except (OSError, RuntimeError):
-                    skipped.append((str(file), "broken or looping symlink"))
-                    continue
-                if not target.is_relative_to(real_root):
-                    skipped.append(
-                        (str(file), f"symlink to {target}, outside {root}; not followed")
-                    )
-                    continue
-            found.append((file, f"{label}/{file.relative_to(root).as_posix()}"))
+                    info = target.lstat()  # the resolved path has no link left to follow
+            except (OSError, RuntimeError):
+                skipped.append((str(file), "broken or looping symlink"))
+                continue
+            if link and not target.is_relative_to(real_root):
+                skipped.append((str(file), f"symlink to {target}, outside {root}; not followed"))
+                continue
+            source = f"{label}/{file.relative_to(root).as_posix()}"
+            found.append(_Entry(file, source, (info.st_dev, info.st_ino), link))
 
 
 def _load_into(
-    file: Path, source: str, max_bytes: int, result: LoadResult, seen: set[Path]
+    entry: _Entry, limits: Limits, result: LoadResult, seen: set[tuple[int, int]]
 ) -> None:
-    try:
-        real = file.resolve(strict=True)
-    except (OSError, RuntimeError):
-        result.skipped.append((str(file), "broken or looping symlink"))
+    """Load one entry into `result`, once per file however many names or links lead to it."""
+    identity = entry.expect
+    if identity is None:
+        try:
+            info = entry.path.stat()
+        except (OSError, RuntimeError):
+            result.skipped.append((str(entry.path), "broken or looping symlink"))
+            return
+        identity = (info.st_dev, info.st_ino)
+    if identity in seen:
+        result.skipped.append(
+            (str(entry.path), "same file already loaded (duplicate path or link)")
+        )
         return
-    if real in seen:
-        result.skipped.append((str(file), "same file already loaded (duplicate path or link)"))
-        return
-    seen.add(real)
     try:
-        result.documents.append(load_document(file, source=source, max_bytes=max_bytes))
+        result.documents.append(_load(entry, limits))
     except DocumentError as exc:
-        result.skipped.append((str(file), str(exc)))
+        result.skipped.append((str(entry.path), str(exc)))
+    else:
+        seen.add(identity)
 
 
 # -- chunking ---------------------------------------------------------------------------------
@@ -366,16 +301,14 @@ def chunk_documents(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
 ) -> list[Chunk]:
-    """Split documents with LangChain's `RecursiveCharacterTextSplitter` (paragraphs, then
-    lines, then words, then characters), `chunk_size` characters at most per chunk.
+    """Split documents into chunks of at most `chunk_size` characters: at paragraphs, then
+    lines, then words, then characters; the same chunks as LangChain's
+    `RecursiveCharacterTextSplitter` with these sizes (see `cde_rag.splitting`).
 
     Each chunk's metadata holds the document's metadata plus `chunk` (its index in the
     document) and `start_index` (its character offset), ready for a vector store.
     """
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
-
     check_chunk_sizes(chunk_size, chunk_overlap)
-    splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     chunks: list[Chunk] = []
     for doc in documents:
         if not isinstance(doc, Document):
@@ -383,10 +316,9 @@ def chunk_documents(
                 f"chunk_documents() takes Document objects, got {type(doc).__name__}; "
                 "load files with load_document(s) first."
             )
-        pieces = [p for p in splitter.split_text(doc.text) if p.strip()]
-        for index, (text, start) in enumerate(
-            zip(pieces, _offsets(doc.text, pieces, chunk_overlap), strict=True)
-        ):
+        spans = split_spans(doc.text, chunk_size, chunk_overlap)
+        for index, (start, end) in enumerate(spans):
+            text = doc.text[start:end]
             meta = {**doc.metadata, "source": doc.source, "chunk": index, "start_index": start}
             chunks.append(
                 Chunk(
@@ -407,53 +339,6 @@ def chunk_id(source: str, index: int, text: str) -> str:
         digest.update(part.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
     return digest.hexdigest()[:32]
-
-
-def _offsets(text: str, pieces: Sequence[str], overlap: int) -> list[int]:
-    """Character offset of each piece in `text`.
-
-    The splitter keeps pieces in order, overlaps a piece with the previous one by at most
-    `overlap` characters, and drops nothing but whitespace around them. So a piece starts
-    between `previous end - overlap` and the end of the whitespace after the previous piece.
-    In repetitive text a piece can occur several times in that window: keep every candidate
-    reachable from the start, then walk back from a last piece that leaves only whitespace,
-    so the offsets found always fit together (latest candidate first).
-    """
-    if not pieces:
-        return []
-
-    def window(start: int, length: int) -> tuple[int, int]:
-        end = start + length
-        content = _NON_SPACE.search(text, end)
-        return max(start, end - overlap), content.start() if content else len(text)
-
-    def occurrences(piece: str, low: int, high: int) -> list[int]:
-        found, at = [], text.find(piece, low)
-        while at != -1 and at <= high:
-            found.append(at)
-            at = text.find(piece, at + 1)
-        return found
-
-    first = _NON_SPACE.search(text)
-    reachable = [occurrences(pieces[0], 0, first.start() if first else 0)]
-    for previous, piece in pairwise(pieces):
-        starts: set[int] = set()
-        for start in reachable[-1]:
-            starts.update(occurrences(piece, *window(start, len(previous))))
-        reachable.append(sorted(starts))
-    last = pieces[-1]
-    ends_cleanly = [s for s in reachable[-1] if not _NON_SPACE.search(text, s + len(last))]
-    if not ends_cleanly:  # not expected from the splitter: fall back to a forward search
-        offsets, low = [], 0
-        for piece in pieces:
-            low = max(text.find(piece, low), low)
-            offsets.append(low)
-        return offsets
-    offsets = [max(ends_cleanly)]
-    for i in range(len(pieces) - 2, -1, -1):
-        low_high = ((s, window(s, len(pieces[i]))) for s in reachable[i])
-        offsets.append(max(s for s, (low, high) in low_high if low <= offsets[-1] <= high))
-    return offsets[::-1]
 
 
 def check_chunk_sizes(chunk_size: int, chunk_overlap: int) -> None:

@@ -37,3 +37,11 @@ class InputError(CDEError, TypeError):
 
 class NumericalError(CDEError, ArithmeticError):
     """The model computed NaN or infinite values; the engine refuses to return them."""
+
+
+class DocumentError(CDEError, ValueError):
+    """A file cannot be turned into text (binary, empty, encrypted, too large, unreadable)."""
+
+
+class StorageFullError(CDEError, OSError):
+    """The disk holding a store or a cache ran out of space."""

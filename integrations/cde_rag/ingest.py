@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-import time
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -24,6 +25,8 @@ from .documents import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CHARS,
+    DEFAULT_MAX_PAGES,
     Chunk,
     Document,
     DocumentError,
@@ -31,6 +34,7 @@ from .documents import (
     chunk_documents,
     load_documents,
 )
+from .errors import CDEError, StorageFullError
 from .model import CDEModel, DTypeLike
 
 if TYPE_CHECKING:
@@ -45,10 +49,6 @@ _CHUNK_SIZE_KEY = "cde_rag_chunk_size"
 _CHUNK_OVERLAP_KEY = "cde_rag_chunk_overlap"
 # Chroma's rule for the characters of a name (cde_rag.chroma limits the length).
 _COLLECTION_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]*[a-zA-Z0-9]")
-# Test hook: "SECONDS" pauses after each "context" and "store" progress step, "store:SECONDS"
-# after store steps only, so a crash test can kill the process at known points (before the
-# fit, between stored batches). Unset in normal use.
-STEP_DELAY_ENV = "CDE_RAG_TEST_STEP_DELAY"
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,8 @@ def index_paths(
     seed: int = DEFAULT_SEED,
     recursive: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    max_chars: int = DEFAULT_MAX_CHARS,
     batch_size: int | None = None,
     embedding_cache: str | os.PathLike[str] | None = None,
     device: str | None = None,
@@ -113,8 +115,10 @@ def index_paths(
     show_progress: bool | None = None,
     progress: ProgressCallback | None = None,
 ) -> IndexReport:
-    """Load files and folders, then `index_documents` them (see there). Unreadable files are
-    reported in `IndexReport.errors`; if no file at all can be read, `DocumentError`."""
+    """Load files and folders, then `index_documents` them (see there). Unreadable files, and
+    files over the caps (`max_bytes`, `max_pages`, `max_chars`: see `load_document`), are
+    skipped and reported in `IndexReport.errors`; if no file at all can be read,
+    `DocumentError`."""
     check_collection_name(collection)
     check_chunk_sizes(chunk_size, chunk_overlap)
     report = _Reporter(progress, show_progress)
@@ -123,6 +127,8 @@ def index_paths(
             paths,
             recursive=recursive,
             max_bytes=max_bytes,
+            max_pages=max_pages,
+            max_chars=max_chars,
             progress=lambda done, total: report("load", done, total),
         )
     finally:
@@ -212,6 +218,13 @@ def index_documents(
         finally:
             if cache is not None:
                 store_model.use_embedding_cache(previous)
+    except CDEError:
+        raise
+    except Exception as exc:
+        full = _full_disk(exc, client, embedding_cache)
+        if full is None:
+            raise
+        raise full from exc
     finally:
         report.close()
     return IndexReport(
@@ -223,6 +236,35 @@ def index_documents(
         context=chroma.get_context(store).fingerprint,
         new_collection=new,
     )
+
+
+# Below this much free space, a failed write to the store or the cache is put down to a full
+# disk (Chroma reports one as "Error in compaction ...", SQLite as "database or disk is full").
+LOW_SPACE_BYTES = 64 * 1024 * 1024
+
+
+def _full_disk(
+    exc: Exception, client: ClientAPI, cache: str | os.PathLike[str] | None
+) -> StorageFullError | None:
+    """Name a full disk as the cause of `exc`, with the remedy, when the store's folder or the
+    cache's is (nearly) out of space; None when neither is."""
+    settings = client.get_settings()
+    places = [Path(settings.persist_directory)] if settings.is_persistent else []
+    if cache is not None:
+        places.append(Path(cache).parent)
+    for place in places:
+        try:
+            free = shutil.disk_usage(place).free
+        except OSError:
+            continue
+        if free < LOW_SPACE_BYTES:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            return StorageFullError(
+                f"No space left on the disk holding {place} ({free:,} bytes free), so writing "
+                f"failed ({detail}). Free space there (or index into a --db on a larger disk), "
+                "then run the same command again: chunks already stored are kept and skipped."
+            )
+    return None
 
 
 def check_collection_name(name: str) -> str:
@@ -305,9 +347,6 @@ class _Reporter:
         self.show = show is not False and callback is None
         self.bar: Any = None
         self.phase = ""
-        phases, _, delay = os.environ.get(STEP_DELAY_ENV, "").rpartition(":")
-        self.delay = float(delay) if delay else 0.0
-        self.delay_phases = (phases,) if phases else ("context", "store")
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if self.callback is not None:
@@ -323,8 +362,6 @@ class _Reporter:
             self.bar.total = total
             self.bar.n = done
             self.bar.refresh()
-        if self.delay and phase in self.delay_phases:
-            time.sleep(self.delay)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -13,8 +13,19 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
-from ._common import add_model_arguments, add_store_arguments, describe_store, open_client
+from ..documents import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_CHARS,
+    DEFAULT_MAX_PAGES,
+)
+from ._common import (
+    add_model_arguments,
+    add_store_arguments,
+    describe_store,
+    open_client,
+    positive_int,
+)
 
 HELP = "index files and folders (txt, md, pdf, html) into a Chroma collection"
 CACHE_FILE = "cde-rag-embeddings.sqlite"
@@ -51,6 +62,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=50.0,
         help="skip files larger than this many megabytes (default 50)",
+    )
+    group.add_argument(
+        "--max-pages",
+        type=positive_int,
+        default=DEFAULT_MAX_PAGES,
+        help=f"skip PDFs with more pages than this (default {DEFAULT_MAX_PAGES:,})",
+    )
+    group.add_argument(
+        "--max-chars",
+        type=positive_int,
+        default=DEFAULT_MAX_CHARS,
+        help=f"skip files whose text is longer than this many characters; a PDF stops being "
+        f"read there (default {DEFAULT_MAX_CHARS:,})",
     )
     run_group = parser.add_argument_group("run")
     run_group.add_argument(
@@ -99,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         recursive=not args.no_recursive,
         max_bytes=int(args.max_mb * 1024 * 1024),
+        max_pages=args.max_pages,
+        max_chars=args.max_chars,
         batch_size=args.batch_size,
         embedding_cache=_cache_path(args),
         device=args.device,
