@@ -206,11 +206,11 @@ def test_compare_ranks_the_same_chunks_with_and_without_context(index, files):
 
 
 def test_compare_on_a_large_collection_ranks_the_best_candidates(index, files, monkeypatch):
-    import cde_rag.demo_app as demo_app
+    import cde_rag.demo.index as demo_index
 
     index.index_files(files)
-    monkeypatch.setattr(demo_app, "COMPARE_ALL_UP_TO", 2)
-    monkeypatch.setattr(demo_app, "COMPARE_CANDIDATES", 3)
+    monkeypatch.setattr(demo_index, "COMPARE_ALL_UP_TO", 2)
+    monkeypatch.setattr(demo_index, "COMPARE_CANDIDATES", 3)
     assert index.collection().count() > 3
     result = index.compare("Where does the Seine flow?", k=2)
     assert not result.whole_collection and result.pool == 3
