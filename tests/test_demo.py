@@ -361,9 +361,14 @@ def test_spaces_entry_builds_the_demo_from_the_environment(tiny_path, tmp_path, 
     assert app["index"].llm is None
 
 
-def test_sample_documents_ship_with_the_demo():
+def test_sample_documents_ship_inside_the_package():
+    import cde_rag
+
     samples = sample_files()
     assert {p.suffix for p in samples} == {".md", ".txt", ".html"}
+    package = Path(cde_rag.__file__).parent
+    assert all(p.is_relative_to(package / "assets" / "samples") for p in samples)
+    assert not (ROOT / "demo" / "samples").exists()  # nothing read from the checkout
     assert sample_files(ROOT / "tests") == []
 
 

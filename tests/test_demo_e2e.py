@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cde_rag.demo_app import bundled_samples_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "cde-rag")
 CHROMIUM = "/usr/bin/chromium"
@@ -32,10 +34,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-SAMPLES = [
-    ROOT / "demo" / "samples" / "tea-brewing.md",
-    ROOT / "demo" / "samples" / "tea-history.txt",
-]
+SAMPLES = [bundled_samples_dir() / "tea-brewing.md", bundled_samples_dir() / "tea-history.txt"]
 SCREENSHOT = ROOT / "test-artifacts" / "demo.png"
 
 pytestmark = [
@@ -213,7 +212,7 @@ def test_upload_index_ask_in_two_sessions(demo_url, browser, tmp_path):
     assert "Indexed: 2 files" in status  # nothing already stored was lost
 
     # Session A indexes a third file; session B's question is answered meanwhile.
-    upload(a, [ROOT / "demo" / "samples" / "tea-shop.html"])
+    upload(a, [bundled_samples_dir() / "tea-shop.html"])
     a.click("#index")
     wait_for_text(a, "#status", "Embedding and storing chunks")
     ask(b, "When is the shop open?")

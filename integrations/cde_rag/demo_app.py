@@ -18,6 +18,7 @@ from .demo.index import (
     Comparison,
     DemoIndex,
     ProgressFn,
+    bundled_samples_dir,
     default_data_dir,
     sample_files,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "DemoIndex",
     "ProgressFn",
     "build_demo",
+    "bundled_samples_dir",
     "chat_text",
     "context_markdown",
     "default_data_dir",

@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples",
         default=None,
         metavar="DIR",
-        help="sample documents offered by a 'Try' button (default: demo/samples of a source "
-        "checkout, if there is one)",
+        help="folder of sample documents offered by a 'Try' button (default: the three "
+        "samples bundled with cde-rag)",
     )
     parser.add_argument("--port", type=port, default=7860, help="TCP port (default 7860)")
     parser.add_argument(

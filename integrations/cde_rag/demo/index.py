@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,12 +58,18 @@ def default_data_dir() -> Path:
     return base / "cde-rag" / "demo"
 
 
+def bundled_samples_dir() -> Path:
+    """The sample documents that ship inside the package (`cde_rag/assets/samples`), so an
+    installed wheel offers them as well as a checkout does."""
+    folder = resources.files("cde_rag").joinpath("assets", "samples")
+    # A regular (unzipped) install, editable or not, gives a real folder.
+    return Path(str(folder))
+
+
 def sample_files(folder: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The sample documents offered for a first try: `folder`, else the repository's
-    demo/samples when cde-rag runs from a checkout (an editable install); may be empty."""
-    if folder is None:
-        folder = Path(__file__).resolve().parents[3] / "demo" / "samples"
-    where = Path(folder).expanduser()
+    """The documents offered for a first try: those in `folder`, else the bundled samples
+    (`bundled_samples_dir`); may be empty."""
+    where = Path(folder).expanduser() if folder is not None else bundled_samples_dir()
     if not where.is_dir():
         return []
     return sorted(p for p in where.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
