@@ -175,8 +175,10 @@ def test_llm_answer_from_a_real_server_cites_the_sources(chat_server):
 
 @pytest.mark.server
 def test_llm_answer_reports_server_errors(chat_server):
-    with pytest.raises(AnswerError, match="HTTP 500"):
+    with pytest.raises(AnswerError) as failed:
         llm_answer("q", SOURCES, LLMConfig(chat_server, "broken"))
+    # Once each: the endpoint, the status and the server's own message.
+    assert str(failed.value) == f"LLM endpoint {chat_server} answered HTTP 500: model is broken"
     with pytest.raises(AnswerError, match="empty answer"):
         llm_answer("q", SOURCES, LLMConfig(chat_server, "silent"))
 

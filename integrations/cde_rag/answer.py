@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import CDEError
 
@@ -247,6 +248,18 @@ class LLMConfig:
         return cls(base_url=base_url, model=model, api_key=api_key)
 
 
+# openai's own prefix on a status error's message; the status is reported separately.
+_STATUS_PREFIX = re.compile(r"^Error code: \d+ - ")
+
+
+def _server_message(exc: Any) -> str:
+    """What the endpoint said about an HTTP error: its JSON `message` when it sent one."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return _STATUS_PREFIX.sub("", str(exc.message))
+
+
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered sources the user gives you. Cite the sources "
     "that support each statement with their numbers in square brackets, like [1] or [2][3]. "
@@ -280,7 +293,8 @@ def llm_answer(
         )
     except openai.APIStatusError as exc:
         raise AnswerError(
-            f"LLM endpoint {config.base_url} answered HTTP {exc.status_code}: {exc.message}"
+            f"LLM endpoint {config.base_url} answered HTTP {exc.status_code}: "
+            f"{_server_message(exc)}"
         ) from exc
     except openai.APIError as exc:  # connection errors and timeouts
         raise AnswerError(f"LLM endpoint {config.base_url} failed: {exc}") from exc

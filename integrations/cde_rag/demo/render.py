@@ -7,6 +7,7 @@ that may have read an injected document, so it is escaped or sanitised here, in 
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import sys
@@ -19,6 +20,8 @@ from ..answer import Source
 from ..errors import CDEError
 
 if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+
     from .index import Answer, DemoIndex
 
 
@@ -114,15 +117,73 @@ def source_rows(sources: Sequence[Source]) -> list[list[Any]]:
 
 
 def chat_text(answer: Answer) -> str:
-    """The chat message: extractive answers are quoted document text, so shown literally."""
+    """The chat message, as HTML (the chat shows HTML, never Markdown of its own): an LLM's
+    Markdown made inert by `llm_html`; extractive answers are quoted document text, shown
+    literally."""
     if answer.mode == "llm":
-        return answer.text
-    text = md_escape(answer.text)
-    if answer.mode.startswith("extractive ("):
-        text += f"\n\n*{md_escape(answer.mode)}*"
+        return llm_html(answer.text)
+    if answer.mode.startswith("extractive (LLM failed: "):
+        reason = answer.mode.removeprefix("extractive (LLM failed: ").removesuffix(")")
+        note = f"The LLM could not answer ({reason}), so these are the best-matching sentences."
     elif answer.mode == "extractive":
-        text += "\n\n*Extractive answer: the best-matching sentences of the sources below.*"
-    return text
+        note = "Extractive answer: the best-matching sentences of the sources below."
+    else:
+        return text_html(answer.text)
+    return f"{text_html(answer.text, paragraphs=True)}<p><em>{html.escape(note)}</em></p>"
+
+
+def text_html(text: str, *, paragraphs: bool = False) -> str:
+    """Plain text as HTML: every character shown as typed, nothing interpreted. Blank-line
+    separated paragraphs become <p> elements when there are several, or when asked."""
+    parts = [p.strip() for p in _PARAGRAPH.split(text.strip()) if p.strip()]
+    escaped = [html.escape(p, quote=False).replace("\n", "<br>") for p in parts]
+    if len(escaped) == 1 and not paragraphs:
+        return escaped[0]
+    return "".join(f"<p>{p}</p>" for p in escaped)
+
+
+def llm_html(markdown: str) -> str:
+    """An LLM's Markdown as HTML that cannot fetch, post or run anything.
+
+    The LLM read retrieved documents, and a planted one can make it write markup: an image
+    whose address carries the retrieved text to another site (the browser fetches it
+    unasked), a password form, a script. So raw HTML is shown as text, images become a text
+    note naming their address, and only http(s) and mailto links are links, opening in a new
+    tab without access to this page (`rel="noopener noreferrer nofollow"`). Gradio's own
+    sanitiser runs on the result too.
+    """
+    return _markdown().render(markdown)
+
+
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
+_LINK_SCHEMES = ("http://", "https://", "mailto:")
+_LINK_REL = "noopener noreferrer nofollow"
+
+
+@functools.cache
+def _markdown() -> MarkdownIt:
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    md.enable(["table", "strikethrough"])
+    # Anything else (javascript:, data:, relative paths into this server) stays literal text.
+    md.validateLink = lambda url: url.strip().lower().startswith(_LINK_SCHEMES)  # type: ignore[method-assign]
+    md.add_render_rule("image", _image_as_text)
+    md.add_render_rule("link_open", _safe_link_open)
+    return md
+
+
+def _image_as_text(self: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+    token = tokens[idx]
+    alt = self.renderInlineAsText(token.children or [], options, env)
+    note = f"[image not shown: {alt or 'no description'}, {_clip(token.attrGet('src') or '', 100)}]"
+    return f"<em>{html.escape(note, quote=False)}</em>"
+
+
+def _safe_link_open(self: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+    tokens[idx].attrSet("rel", _LINK_REL)
+    tokens[idx].attrSet("target", "_blank")
+    return self.renderToken(tokens, idx, options, env)
 
 
 def _clip(text: str, limit: int) -> str:

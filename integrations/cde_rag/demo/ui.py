@@ -20,6 +20,7 @@ from .render import (
     md_escape,
     source_rows,
     status_markdown,
+    text_html,
 )
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def build_demo(
             raise gr.Error(failure(exc)) from None
         history = [
             *(history or []),
-            {"role": "user", "content": question},
+            {"role": "user", "content": text_html(question)},
             {"role": "assistant", "content": chat_text(answer)},
         ]
         return history, source_rows(answer.sources), "", question, question
@@ -162,6 +163,11 @@ def build_demo(
                     feedback_options=None,
                     buttons=["copy"],
                     placeholder="Ask about your documents once they are indexed.",
+                    # Messages arrive as inert HTML from `render` (see `llm_html`); Gradio
+                    # sanitises them again. No Markdown or LaTeX of its own on top.
+                    render_markdown=False,
+                    sanitize_html=True,
+                    latex_delimiters=[],
                 )
                 with gr.Row():
                     question = gr.Textbox(
