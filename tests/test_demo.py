@@ -30,6 +30,7 @@ from cde_rag.demo_app import (
     status_markdown,
     warn_if_exposed,
 )
+from cde_rag.hosts import HostCheckMiddleware
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "cde-rag")
@@ -323,6 +324,13 @@ def test_safe_launch_options(tmp_path):
     assert options["blocked_paths"] == [str((tmp_path / "data").resolve())]
     assert options["max_file_size"] == "3mb"
     assert options["enable_monitoring"] is False and options["mcp_server"] is False
+    (check,) = options["app_kwargs"]["middleware"]
+    assert check.cls is HostCheckMiddleware and check.kwargs["allowed"] == {"127.0.0.1"}
+    proxied = launch_options(tmp_path / "data", allowed_hosts=["demo.example"])
+    assert proxied["app_kwargs"]["middleware"][0].kwargs["allowed"] == {
+        "127.0.0.1",
+        "demo.example",
+    }
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert warn_if_exposed("127.0.0.1") is None
     assert "reachable from other machines" in warn_if_exposed("0.0.0.0")

@@ -114,7 +114,7 @@ def llm_demo_url(tiny_path, tmp_path_factory):
     """The demo answering through an LLM that obeys instructions planted in documents."""
     with running_chat_server() as base_url:
         args = ["--model", tiny_path, "--llm-base-url", base_url, "--llm-model", "obedient"]
-        args += ["--chunk-size", "2000", "--chunk-overlap", "100"]
+        args += ["--chunk-size", "2000", "--chunk-overlap", "100", "--allowed-host", "demo.test"]
         with running_demo(tmp_path_factory.mktemp("llm-demo"), *args) as url:
             yield url
 
@@ -368,3 +368,15 @@ def test_extractive_answers_quote_markup_as_text(demo_url, browser, tmp_path, li
     for panel in ("#chatbot .message-content", "#sources [role=gridcell]", "#context", "#status"):
         assert_inert(page, panel)
     page.context.close()
+
+
+def test_cli_demo_refuses_forged_host_headers(demo_url, llm_demo_url):
+    """DNS rebinding: a page whose host name resolves to 127.0.0.1 sends its own name."""
+    for url in (demo_url, llm_demo_url):
+        for host in ("rebind.example", "rebind.example:80", "demo.test.rebind.example"):
+            refused = httpx.get(f"{url}/config", headers={"Host": host}, timeout=30)
+            assert refused.status_code == 400 and "--allowed-host" in refused.text, host
+        assert httpx.get(f"{url}/config", timeout=30).status_code == 200
+    # --allowed-host names one more host for the demo started with it, and only there.
+    assert httpx.get(f"{llm_demo_url}/config", headers={"Host": "demo.test"}).status_code == 200
+    assert httpx.get(f"{demo_url}/config", headers={"Host": "demo.test"}).status_code == 400

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..hosts import is_loopback
+from ..hosts import HostCheckMiddleware, is_loopback
+from ..hosts import allowed_hosts as hosts_for
 from .index import DEFAULT_MAX_FILE_MB
 from .ui import CSS
 
@@ -33,15 +35,20 @@ def launch_options(
     host: str = "127.0.0.1",
     port: int = 7860,
     max_file_mb: int = DEFAULT_MAX_FILE_MB,
+    allowed_hosts: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Keyword arguments for `Blocks.launch` that keep the demo private and bounded.
 
     No share link, no analytics or monitoring endpoint, no MCP server, nothing served beyond
     Gradio's own upload cache (no `allowed_paths`), the data folder explicitly blocked, and an
-    upload size limit enforced by the server.
+    upload size limit enforced by the server. Bound to loopback, only requests whose `Host`
+    names this machine, or one of `allowed_hosts`, are answered (`cde_rag.hosts`): a web page
+    cannot reach the demo through DNS rebinding.
     """
     import gradio as gr
+    from starlette.middleware import Middleware
 
+    check = Middleware(HostCheckMiddleware, allowed=hosts_for(host, allowed_hosts))
     return {
         "server_name": host,
         "server_port": port,
@@ -61,6 +68,7 @@ def launch_options(
             font_mono=["ui-monospace", "monospace"],
         ),
         "css": CSS,
+        "app_kwargs": {"middleware": [check]},
     }
 
 
@@ -71,6 +79,7 @@ def launch(
     host: str = "127.0.0.1",
     port: int = 7860,
     max_file_mb: int = DEFAULT_MAX_FILE_MB,
+    allowed_hosts: Iterable[str] = (),
     prevent_thread_lock: bool = False,
 ) -> gr.Blocks:
     """Start `demo` with `launch_options`; warns on stderr when bound beyond loopback."""
@@ -80,6 +89,8 @@ def launch(
     demo.queue()
     demo.launch(
         prevent_thread_lock=prevent_thread_lock,
-        **launch_options(data_dir, host=host, port=port, max_file_mb=max_file_mb),
+        **launch_options(
+            data_dir, host=host, port=port, max_file_mb=max_file_mb, allowed_hosts=allowed_hosts
+        ),
     )
     return demo
