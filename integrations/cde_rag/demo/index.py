@@ -26,7 +26,12 @@ from ..answer import (
     unknown_citations,
 )
 from ..context import DEFAULT_SEED, CorpusContext
-from ..documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, SUPPORTED_SUFFIXES
+from ..documents import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    SUPPORTED_SUFFIXES,
+    LoadResult,
+)
 from ..errors import ContextError
 from ..model import CDEModel
 from .render import count, skipped_lines
@@ -186,7 +191,6 @@ class DemoIndex:
     ) -> str:
         """Read, chunk, fit (first time only), embed and store `paths`; Markdown for the status
         box, naming every file that was skipped and why."""
-        from ..documents import load_documents
         from ..ingest import index_documents
 
         paths = [Path(p) for p in paths]
@@ -198,17 +202,13 @@ class DemoIndex:
                 f"({MAX_FILES_PER_RUN}); index them in smaller groups."
             )
         started = time.perf_counter()
+        # Loading here rather than through ingest.index_paths keeps the per-file reasons even
+        # when no file is readable, named as the user named the files.
+        loaded = self._load(paths, progress)
+        skipped = skipped_lines(loaded.skipped)
+        if not loaded.documents:
+            return "**Nothing indexed:** no file could be read.\n\n" + skipped
         with self.lock:
-            # Loading here rather than through ingest.index_paths keeps the per-file reasons
-            # even when no file is readable, named as the user named the files.
-            loaded = load_documents(
-                paths,
-                max_bytes=self.max_file_bytes,
-                progress=None if progress is None else lambda d, t: progress("load", d, t),
-            )
-            skipped = skipped_lines(loaded.skipped)
-            if not loaded.documents:
-                return "**Nothing indexed:** no file could be read.\n\n" + skipped
             report = index_documents(
                 loaded.documents,
                 client=self.client,
@@ -227,6 +227,27 @@ class DemoIndex:
             f"context `{report.context[:12]}` {how}."
         )
         return message + ("\n\n" + skipped if skipped else "")
+
+    def _load(self, paths: Sequence[Path], progress: ProgressFn | None) -> LoadResult:
+        """Read each file on its own: whatever one file's loader raises (a parser that rejects
+        the markup, a bug) skips that file with the reason, and the others are still read."""
+        from ..documents import load_documents
+
+        result = LoadResult()
+        if progress is not None:
+            progress("load", 0, len(paths))
+        for done, path in enumerate(paths, 1):
+            try:
+                one = load_documents([path], max_bytes=self.max_file_bytes)
+            except Exception as exc:
+                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+                reason = f"could not be read ({type(exc).__name__}: {first_line})"
+                one = LoadResult(skipped=[(str(path), reason)])
+            result.documents += one.documents
+            result.skipped += one.skipped
+            if progress is not None:
+                progress("load", done, len(paths))
+        return result
 
     def refit(self, seed: int, progress: ProgressFn | None = None) -> str:
         """Fit a new context on every stored chunk with `seed` and re-embed them all."""

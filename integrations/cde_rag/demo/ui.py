@@ -6,6 +6,8 @@ this module only wires components to them.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,7 @@ question embedded with the stored context. *Without*: the same chunks and questi
 model's no-corpus fallback context (random strings). Rows are ranks; the two columns show which
 chunk each context puts there."""
 _UNITS = {"load": "files", "chunk": "documents", "context": "fits", "store": "chunks"}
+UPLOAD_EXPIRY = (3600, 86400)  # (check every, delete older than) in seconds
 SOURCE_HEADERS = ["#", "file", "chunk", "score", "text"]
 COMPARE_HEADERS = ["rank", "with context", "score", "without context", "score "]
 # Gradio serves its own fonts; system fonts first keeps the page light and fully offline.
@@ -49,6 +52,36 @@ CSS = """
 #status, #context { min-height: 2em; }
 #sources td, #comparison td { vertical-align: top; }
 """
+
+
+def discard_uploads(
+    paths: Sequence[str | os.PathLike[str]], upload_folder: str | os.PathLike[str]
+) -> list[Path]:
+    """Delete the files Gradio stored for one upload, once they have been indexed; returns
+    those deleted.
+
+    Gradio keeps each upload as `<upload folder>/<content hash>/<file name>` until the server
+    stops, so a long-running demo would keep every document ever dropped in. Only a regular
+    file at exactly that place is deleted (never a link, never anything elsewhere), then its
+    hash folder if that is left empty.
+    """
+    root = Path(upload_folder).resolve()
+    removed = []
+    for given in paths:
+        path = Path(given)
+        try:
+            if path.is_symlink() or not path.is_file():
+                continue
+            real = path.resolve(strict=True)
+            if real.parent.parent != root:
+                continue
+            real.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+        with contextlib.suppress(OSError):
+            real.parent.rmdir()  # only when empty
+    return removed
 
 
 def _progress_adapter(progress: Any) -> ProgressFn:
@@ -78,18 +111,26 @@ def build_demo(
     def on_load() -> tuple[str, str]:
         return status_markdown(index), context_markdown(index)
 
-    def on_index(
-        paths: list[str] | None,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom)
-    ) -> tuple:
+    def index_files(paths: Sequence[str | Path], progress: gr.Progress) -> tuple:
         try:
-            message = index.index_files(paths or [], progress=_progress_adapter(progress))
+            message = index.index_files(paths, progress=_progress_adapter(progress))
         except Exception as exc:
             message = f"**Indexing failed:** {md_escape(failure(exc))}"
         return status_markdown(index, message), context_markdown(index), None
 
+    def on_index(
+        paths: list[str] | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom)
+    ) -> tuple:
+        from gradio.utils import get_upload_folder
+
+        try:
+            return index_files(paths or [], progress)
+        finally:  # read into the index (or refused): Gradio's copies are no longer needed
+            discard_uploads(paths or [], get_upload_folder())
+
     def on_samples(progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
-        return on_index([str(p) for p in samples], progress)
+        return index_files(samples, progress)
 
     def on_refit(
         seed: float | None,
@@ -134,7 +175,9 @@ def build_demo(
         )
         return result.rows, note
 
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    # Uploads are deleted once indexed (`discard_uploads`); those never indexed expire after a
+    # day, and all of this server's go when it stops.
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=UPLOAD_EXPIRY) as demo:
         last_question = gr.State(None)
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
