@@ -1,10 +1,12 @@
 """The demo end to end: `cde-rag demo` as a real process, driven by a real Chromium.
 
-Two browser sessions share one index: session A uploads two files, indexes them, asks, and
-sees an answer with citations and the sources; session B sees the same index, asks its own
-question without touching A's chat, gets a clear reason for a hostile binary upload, and is
-answered while A indexes another file.
-The page may not reach anything but the demo's own address.
+Two browser sessions share one index: session A uploads two files, indexes them (watching
+the context fit batch by batch), asks, and sees an answer with citations and the sources;
+session B sees the same index, asks its own question without touching A's chat, gets a clear
+reason for a hostile binary upload, and is answered while A indexes another file. Then the
+page as a user sees it: an empty question, a phone-wide screen, an LLM that fails or obeys a
+planted document, and forged Host headers. The page may not reach anything but the demo's own
+address. Screenshots land in test-artifacts/ (demo.png is the README's).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from chat_server import running as running_chat_server
 from cde_rag.demo_app import bundled_samples_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = str(Path(sys.executable).parent / "cde-rag")
+DEMO = [sys.executable, str(Path(__file__).with_name("demo_process.py")), "demo"]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -40,7 +42,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 SAMPLES = [bundled_samples_dir() / "tea-brewing.md", bundled_samples_dir() / "tea-history.txt"]
-SCREENSHOT = ROOT / "test-artifacts" / "demo.png"
+ARTIFACTS = ROOT / "test-artifacts"
+SCREENSHOT = ARTIFACTS / "demo.png"
 
 pytestmark = [
     pytest.mark.browser,
@@ -57,7 +60,8 @@ def free_port() -> int:
 
 @contextmanager
 def running_demo(folder: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`cde-rag demo ARGS` on 127.0.0.1 with the tiny checkpoint, in its own process."""
+    """`cde-rag demo ARGS` on 127.0.0.1 in its own process (tests/demo_process.py: the real
+    CLI, paced as `env` asks)."""
     port = free_port()
     environ = {
         **os.environ,
@@ -70,7 +74,7 @@ def running_demo(folder: Path, *args: str, env: dict[str, str] | None = None) ->
     log_path = folder / "demo.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [CLI, "demo", "--data", str(folder / "data"), "--port", str(port), *args],
+            [*DEMO, "--data", str(folder / "data"), "--port", str(port), *args],
             env=environ,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -101,10 +105,9 @@ def running_demo(folder: Path, *args: str, env: dict[str, str] | None = None) ->
 
 @pytest.fixture(scope="module")
 def demo_url(tiny_path, tmp_path_factory):
-    """The demo with extractive answers."""
-    # ingest's test hook: pause 2 s per progress step, so the progress bar can be seen and a
-    # question can be asked while indexing runs.
-    env = {"CDE_RAG_TEST_STEP_DELAY": "2.0"}
+    """The demo with extractive answers, paced: the context is fitted in 8 batches of 4 with
+    0.5 s each, and each storing step takes 2 s more, so a question can be asked meanwhile."""
+    env = {"DEMO_TEST_FIT_BATCHES": "4,0.5", "DEMO_TEST_STEP_DELAY": "store:2"}
     with running_demo(tmp_path_factory.mktemp("demo"), "--model", tiny_path, env=env) as url:
         yield url
 
@@ -222,6 +225,46 @@ def ask(page, question: str) -> str:
     return wait_for_text(page, "#chatbot", "[1]")
 
 
+def record_status(page) -> None:
+    """Keep every text the status box shows from now on in `window.statusLog`."""
+    page.evaluate(
+        """() => {
+            const box = document.querySelector('#status');
+            window.statusLog = [];
+            new MutationObserver(() => window.statusLog.push(box.innerText)).observe(
+                box, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+
+
+def assert_inside(page, inner: str, outer: str) -> None:
+    box, frame = page.locator(inner).bounding_box(), page.locator(outer).bounding_box()
+    assert box is not None and box["width"] > 0, inner
+    assert box["x"] >= frame["x"] - 1 and box["y"] >= frame["y"] - 1, (inner, box, frame)
+    assert box["x"] + box["width"] <= frame["x"] + frame["width"] + 1, (inner, box, frame)
+    assert box["y"] + box["height"] <= frame["y"] + frame["height"] + 1, (inner, box, frame)
+
+
+def progress_shown(page, panel: str) -> bool:
+    """Whether `panel` shows a progress overlay, a spinner or an error badge right now."""
+    return page.evaluate(
+        """panel => [...document.querySelectorAll(panel + ' [data-testid=status-tracker]')]
+            .some(t => !t.classList.contains('hide') && getComputedStyle(t).opacity !== '0'
+                       && t.innerText.trim() !== '')""",
+        panel,
+    )
+
+
+def assert_whole_sentences(answer: str) -> None:
+    """An extractive answer quotes whole sentences, each cited: none cut at either end."""
+    quoted = answer.split("\n")[0]
+    pieces = [p.strip() for p in re.split(r"\[\d+\]", quoted) if p.strip()]
+    assert pieces, answer
+    for piece in pieces:
+        assert piece[0].isupper() or piece[0].isdigit() or piece[0] == "#", piece
+        assert piece[-1] in ".!?" or piece.startswith(("#", "-")), piece
+
+
 def test_upload_index_ask_in_two_sessions(demo_url, browser, tmp_path):
     outside: list[str] = []
     a = open_session(browser, demo_url, outside)
@@ -229,10 +272,27 @@ def test_upload_index_ask_in_two_sessions(demo_url, browser, tmp_path):
     assert "No corpus context yet" in a.inner_text("#context")
 
     upload(a, SAMPLES)
+    record_status(a)
     a.click("#index")
+    # Fitting shows its real progress, the batches over the minicorpus, in the status box
+    # alone: the overlay fits that box and no other panel is covered.
+    a.wait_for_function(
+        "document.querySelector('#status').innerText.match(/[1-6]\\/8 batch/)", polling=100
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    a.screenshot(path=str(ARTIFACTS / "demo-progress.png"))
+    assert_inside(a, "#status > [data-testid=status-tracker]", "#status")
+    assert_inside(a, "#status .progress-level", "#status")
+    assert_inside(a, "#status .progress-text", "#status")
+    for panel in ("#files", "#context", "#chatbot", "#sources"):
+        assert not progress_shown(a, panel), panel
     # The progress bar names each phase as it runs.
     wait_for_text(a, "#status", "Embedding and storing chunks")
     status = wait_for_text(a, "#status", "Indexed 2 files")
+    seen = a.evaluate("window.statusLog")
+    batches = {m for text in seen for m in re.findall(r"\b(\d)/8 batch", text)}
+    assert len(batches) >= 4, seen  # it moved, batch by batch
+    assert not [text for text in seen if re.search(r"\b0/1\b|1/1 steps", text)]
     assert "fitted on these chunks" in status
     assert "tea-brewing.md" in status and "tea-history.txt" in status
     context = wait_for_text(a, "#context", "context fingerprint")
@@ -248,10 +308,18 @@ def test_upload_index_ask_in_two_sessions(demo_url, browser, tmp_path):
     numbers = a.locator('#sources [role=gridcell][data-col="0"]').all_inner_texts()
     assert numbers == ["1", "2"]  # two files of one chunk each, both retrieved
     assert cited and cited <= {1, 2}
+    assert_whole_sentences(answer)
+    # Both rows show at a readable height, text clipped (a click shows all of it).
+    rows = a.locator('#sources [role=gridcell][data-col="2"]')
+    for row in range(rows.count()):
+        box = rows.nth(row).bounding_box()
+        assert 20 < box["height"] < 160, box
+    assert rows.first.inner_text().rstrip().endswith("...")
 
     a.click("#compare")
     wait_for_text(a, "#compare-note", "Ranked all")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
+    context = a.inner_text("#context")
+    assert "tiny-cde-v2 (local checkpoint)" in context and str(ROOT) not in context
     a.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 20_000
 
@@ -380,3 +448,75 @@ def test_cli_demo_refuses_forged_host_headers(demo_url, llm_demo_url):
     # --allowed-host names one more host for the demo started with it, and only there.
     assert httpx.get(f"{llm_demo_url}/config", headers={"Host": "demo.test"}).status_code == 200
     assert httpx.get(f"{demo_url}/config", headers={"Host": "demo.test"}).status_code == 400
+
+
+def index_samples(page) -> None:
+    """Index the bundled samples (again: nothing is stored twice) and wait until done."""
+    page.click("#samples")
+    wait_for_text(page, "#status", "Indexed 3 files")
+
+
+def test_empty_question_says_so_once_and_marks_nothing_else(demo_url, browser):
+    outside: list[str] = []
+    page = open_session(browser, demo_url, outside)
+    page.click("#ask")
+    wait_for_text(page, "#question", "Type a question first.")
+    page.fill("#question textarea", "   ")
+    page.press("#question textarea", "Enter")
+    page.click("#compare")
+    wait_for_text(page, "#compare-question", "Type a question to compare")
+    time.sleep(1.5)  # time for anything else to show up
+    page.screenshot(path=str(ARTIFACTS / "demo-empty-question.png"), full_page=True)
+    # One message, at the question; no "Error" badge, spinner or toast anywhere.
+    assert page.inner_text("body").count("Type a question first.") == 1
+    for panel in ("#chatbot", "#sources", "#status", "#context", "#comparison", "#files"):
+        assert not progress_shown(page, panel), panel
+    assert page.locator(".toast-body, [data-testid=toast-body]").count() == 0
+    assert "Error" not in page.inner_text("body")
+    # Typing clears the mark; a real question is answered as usual.
+    page.type("#question textarea", "Who")
+    page.wait_for_function(
+        "!document.querySelector('#question').innerText.includes('Type a question first')",
+        polling=100,
+    )
+    assert outside == []
+    page.context.close()
+
+
+def test_phone_width_keeps_tables_readable(demo_url, browser):
+    outside: list[str] = []
+    page = open_session(browser, demo_url, outside)
+    page.set_viewport_size({"width": 390, "height": 844})
+    index_samples(page)
+    ask(page, "How long does loose tea keep?")
+    page.click("#compare")
+    wait_for_text(page, "#compare-note", "Ranked")
+    page.screenshot(path=str(ARTIFACTS / "demo-phone.png"), full_page=True)
+    page.locator("#sources").screenshot(path=str(ARTIFACTS / "demo-phone-sources.png"))
+    # Nothing sticks out of the screen sideways.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    # The source and text columns are wide enough for words, not a letter per line.
+    for table, columns in (("#sources", {1: 70, 2: 180}), ("#comparison", {1: 120, 2: 120})):
+        for col, least in columns.items():
+            cell = page.locator(f'{table} [role=gridcell][data-col="{col}"]').first
+            assert cell.bounding_box()["width"] >= least, (table, col, cell.bounding_box())
+    rows = page.locator('#sources [role=gridcell][data-col="2"]')
+    assert rows.count() >= 2 and all(
+        rows.nth(i).bounding_box()["height"] < 320 for i in range(rows.count())
+    )
+    assert outside == []
+    page.context.close()
+
+
+def test_llm_failure_is_said_once(llm_demo_url, browser):
+    outside: list[str] = []
+    page = open_session(browser, llm_demo_url, outside)
+    index_samples(page)
+    ask(page, "How long does loose tea keep? (fail)")
+    answer = page.locator("#chatbot .message").last.inner_text()
+    page.locator("#chatbot").screenshot(path=str(ARTIFACTS / "demo-llm-failed.png"))
+    assert "The LLM could not answer" in answer
+    assert answer.count("500") == 1 and answer.count("model is broken") == 1, answer
+    assert_whole_sentences(answer)  # the extractive answer stands in
+    assert outside == []
+    page.context.close()

@@ -22,7 +22,7 @@ from ..errors import CDEError
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt
 
-    from .index import Answer, DemoIndex
+    from .index import Answer, Comparison, DemoIndex
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-!|>~<])")
@@ -89,7 +89,8 @@ def context_markdown(index: DemoIndex) -> str:
         )
     info = context.describe()
     lines = [
-        f"**Model:** {md_escape(info['model'])} · **context fingerprint** `{info['fingerprint']}`",
+        f"**Model:** {md_escape(model_label(info['model']))} · **context fingerprint** "
+        f"`{info['fingerprint']}`",
         f"**Fitted on** {count(info['source_size'] or 0, 'chunk')} (seed {info['seed']}): "
         f"the context holds N = {info['size']} minicorpus entries sampled from them "
         f"({info['unique_documents']} distinct) · created {info['created_at']}",
@@ -106,14 +107,31 @@ def context_markdown(index: DemoIndex) -> str:
     return "\n\n".join(lines)
 
 
+def model_label(name: str) -> str:
+    """A model as the page names it: a hub id as is, a checkpoint folder by its own name (its
+    full path says nothing to others and tells them about this machine)."""
+    path = Path(name)
+    return f"{path.name} (local checkpoint)" if path.is_absolute() else name
+
+
 def count(n: int, noun: str) -> str:
     """`n` and its noun, singular or plural."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def source_rows(sources: Sequence[Source]) -> list[list[Any]]:
-    """The rows of the sources table, numbered as the answer cites them."""
-    return [[s.number, s.source, s.chunk, round(s.score, 4), s.text] for s in sources]
+    """The rows of the sources table, numbered as the answer cites them: number, where the
+    chunk comes from (file, chunk, score) and its text. Three columns stay readable on a
+    phone; five did not."""
+    return [[s.number, f"{s.source} #{s.chunk} ({s.score:.3f})", s.text] for s in sources]
+
+
+def comparison_rows(result: Comparison) -> list[list[Any]]:
+    """The comparison table: rank, then each context's chunk there with its score."""
+    return [
+        [rank, f"{with_label} ({with_score:.3f})", f"{without_label} ({without_score:.3f})"]
+        for rank, with_label, with_score, without_label, without_score in result.rows
+    ]
 
 
 def chat_text(answer: Answer) -> str:

@@ -17,6 +17,7 @@ from ..documents import SUPPORTED_SUFFIXES
 from .index import DemoIndex, ProgressFn
 from .render import (
     chat_text,
+    comparison_rows,
     context_markdown,
     failure,
     md_escape,
@@ -43,13 +44,20 @@ COMPARE_HELP = """**With vs. without the corpus context.** *With*: the stored ve
 question embedded with the stored context. *Without*: the same chunks and question embedded with the
 model's no-corpus fallback context (random strings). Rows are ranks; the two columns show which
 chunk each context puts there."""
-_UNITS = {"load": "files", "chunk": "documents", "context": "fits", "store": "chunks"}
+_UNITS = {"load": "files", "chunk": "documents", "store": "chunks"}
+# Characters of a chunk shown in the sources table (a click shows all): several rows fit.
+SOURCE_TEXT_CHARS = 180
 UPLOAD_EXPIRY = (3600, 86400)  # (check every, delete older than) in seconds
-SOURCE_HEADERS = ["#", "file", "chunk", "score", "text"]
-COMPARE_HEADERS = ["rank", "with context", "score", "without context", "score "]
+SOURCE_HEADERS = ["#", "file #chunk (score)", "text"]
+COMPARE_HEADERS = ["rank", "with context", "without context"]
 # Gradio serves its own fonts; system fonts first keeps the page light and fully offline.
+# Indexing progress shows in the status box alone: the box is tall enough for it, and the
+# overlay fills the box and hides the old status (Gradio draws a Markdown's overlay
+# see-through, over the text).
 CSS = """
-#status, #context { min-height: 2em; }
+#status { min-height: 7.5em; }
+#status > .wrap.center { bottom: 0; background: var(--block-background-fill); }
+#context { min-height: 2em; }
 #sources td, #comparison td { vertical-align: top; }
 """
 
@@ -85,16 +93,37 @@ def discard_uploads(
 
 
 def _progress_adapter(progress: Any) -> ProgressFn:
-    """Turn `index_paths`'s (phase, done, total) callbacks into Gradio progress-bar updates."""
+    """Turn `DemoIndex`'s (phase, done, total) callbacks into Gradio progress-bar updates.
+
+    Fitting reports only its start and end; its real progress, the model's batches over the
+    minicorpus, comes from the model's tqdm bar, which Gradio follows while the fit runs
+    (`_follow_tqdm`). The other phases report their own steps, so tqdm bars made meanwhile
+    (Chroma's, the embedding batches) are not shown on top.
+    """
 
     def report(phase: str, done: int, total: int) -> None:
         label = PHASES.get(phase, phase.capitalize())
-        if total:
+        fitting = phase == "context" and done < total
+        _follow_tqdm(progress if fitting else None)
+        if phase == "context":  # a share, not "0/1": the fit's batches fill in between
+            progress(done / total if total else 0.0, desc=label)
+        elif total:
             progress((done, total), desc=label, unit=_UNITS.get(phase, "steps"))
         else:
             progress(None, desc=label)
 
     return report
+
+
+def _follow_tqdm(progress: Any) -> None:
+    """Have `gr.Progress(track_tqdm=True)` follow the tqdm bars this event creates from now
+    on (`progress`), or none (None). Gradio keeps the tracker in a context variable that it
+    sets for the whole event; without it (another Gradio), every bar is followed."""
+    try:
+        from gradio.context import LocalContext
+    except ImportError:  # pragma: no cover - Gradio moved it
+        return
+    LocalContext.progress.set(progress)
 
 
 def build_demo(
@@ -120,7 +149,7 @@ def build_demo(
 
     def on_index(
         paths: list[str] | None,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom)
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
     ) -> tuple:
         from gradio.utils import get_upload_folder
 
@@ -129,12 +158,14 @@ def build_demo(
         finally:  # read into the index (or refused): Gradio's copies are no longer needed
             discard_uploads(paths or [], get_upload_folder())
 
-    def on_samples(progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+    def on_samples(
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
+    ) -> tuple:
         return index_files(samples, progress)
 
     def on_refit(
         seed: float | None,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom)
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
     ) -> tuple[str, str]:
         seed_value = DEFAULT_SEED if seed is None else int(seed)
         try:
@@ -143,27 +174,36 @@ def build_demo(
             message = f"**Re-fit failed:** {md_escape(failure(exc))}"
         return status_markdown(index, message), context_markdown(index)
 
-    def on_ask(question: str, history: list[dict] | None, last: str | None) -> tuple:
-        question = (question or "").strip()
-        if not question:
-            raise gr.Error("Type a question first.")
+    valid = gr.validate(True, "")
+
+    def check_question(question: str | None, *others: Any) -> list[dict]:
+        """Runs in the browser's request before `on_ask`: an empty question is marked on the
+        input, and nothing else changes (no error badges on the chat or the sources)."""
+        asked = bool((question or "").strip())
+        return [gr.validate(asked, "Type a question first."), *(valid for _ in others)]
+
+    def check_compare(question: str | None, last: str | None) -> list[dict]:
+        asked = bool((question or last or "").strip())
+        return [gr.validate(asked, "Type a question to compare, or ask one first."), valid]
+
+    def on_ask(question: str, history: list[dict] | None, last: str | None) -> Any:
         try:
             answer = index.answer(question)
-        except Exception as exc:
-            raise gr.Error(failure(exc)) from None
+        except Exception as exc:  # shown once, as a notice; the chat stays as it was
+            gr.Warning(failure(exc))
+            return gr.skip()
         history = [
             *(history or []),
-            {"role": "user", "content": text_html(question)},
+            {"role": "user", "content": text_html(question.strip())},
             {"role": "assistant", "content": chat_text(answer)},
         ]
         return history, source_rows(answer.sources), "", question, question
 
     def on_compare(question: str, last: str | None) -> tuple:
-        question = (question or last or "").strip()
         try:
-            result = index.compare(question)
+            result = index.compare(question or last or "")
         except Exception as exc:
-            raise gr.Error(failure(exc)) from None
+            return [], f"**Cannot compare:** {md_escape(failure(exc))}"
         scope = (
             f"all {result.pool} chunks"
             if result.whole_collection
@@ -173,7 +213,7 @@ def build_demo(
             f"Ranked {scope}. The two top-{result.k} lists share {result.overlap} of "
             f"{result.k} chunks."
         )
-        return result.rows, note
+        return comparison_rows(result), note
 
     # Uploads are deleted once indexed (`discard_uploads`); those never indexed expire after a
     # day, and all of this server's go when it stops.
@@ -214,6 +254,7 @@ def build_demo(
                 )
                 with gr.Row():
                     question = gr.Textbox(
+                        label="Question",
                         placeholder="Ask a question about your documents",
                         show_label=False,
                         elem_id="question",
@@ -224,10 +265,11 @@ def build_demo(
                 sources = gr.Dataframe(
                     headers=SOURCE_HEADERS,
                     type="array",
-                    label="Sources (cited as [n] in the answer)",
+                    label="Sources (cited as [n] in the answer; click a text for all of it)",
                     interactive=False,
                     wrap=True,
-                    column_widths=["5%", "17%", "9%", "10%", "59%"],
+                    column_widths=["7%", "25%", "68%"],
+                    max_chars=SOURCE_TEXT_CHARS,
                     elem_id="sources",
                     max_height=420,
                 )
@@ -246,6 +288,7 @@ def build_demo(
                 gr.Markdown(COMPARE_HELP)
                 with gr.Row():
                     compare_question = gr.Textbox(
+                        label="Question to compare",
                         placeholder="Question (default: your last one)",
                         show_label=False,
                         elem_id="compare-question",
@@ -258,6 +301,7 @@ def build_demo(
                     type="array",
                     interactive=False,
                     wrap=True,
+                    column_widths=["14%", "43%", "43%"],
                     elem_id="comparison",
                     label="Top chunks with and without the corpus context",
                 )
@@ -266,19 +310,21 @@ def build_demo(
         demo.load(on_load, outputs=[status, context])
         # One indexing or re-fit at a time across all sessions (they share a concurrency id);
         # questions run in their own queue, so they stay answerable meanwhile.
+        # Progress shows in the status box only, not over every panel the result updates.
         index_button.click(
             on_index,
             inputs=[files],
             outputs=[status, context, files],
             concurrency_limit=1,
             concurrency_id="index",
-            show_progress="full",
+            show_progress_on=[status],
         )
         sample_button.click(
             on_samples,
             outputs=[status, context, files],
             concurrency_limit=1,
             concurrency_id="index",
+            show_progress_on=[status],
         )
         refit.click(
             on_refit,
@@ -286,6 +332,7 @@ def build_demo(
             outputs=[status, context],
             concurrency_limit=1,
             concurrency_id="index",
+            show_progress_on=[status],
         )
         ask_outputs = [chatbot, sources, question, compare_question, last_question]
         for trigger in (question.submit, ask.click):
@@ -293,13 +340,18 @@ def build_demo(
                 on_ask,
                 inputs=[question, chatbot, last_question],
                 outputs=ask_outputs,
+                validator=check_question,
                 concurrency_limit=4,
                 concurrency_id="ask",
+                show_progress_on=[chatbot],
             )
-        compare.click(
-            on_compare,
-            inputs=[compare_question, last_question],
-            outputs=[comparison, compare_note],
-            concurrency_limit=2,
-        )
+        for trigger in (compare_question.submit, compare.click):
+            trigger(
+                on_compare,
+                inputs=[compare_question, last_question],
+                outputs=[comparison, compare_note],
+                validator=check_compare,
+                concurrency_limit=2,
+                show_progress_on=[comparison],
+            )
     return demo
