@@ -395,37 +395,12 @@ def assert_inert(page, selector: str) -> None:
         )
 
 
-def test_llm_output_cannot_fetch_post_or_run(llm_demo_url, browser, tmp_path, listener):
+def ask_about_planted_document(url, browser, folder: Path, listener: Listener):
+    """Index the planted document in a new session, ask about it, and check that nothing on
+    the page fetched, posted or ran anything; returns the page."""
     outside: list[str] = []
-    page = open_session(browser, llm_demo_url, outside, let_through=listener.url)
-    planted = tmp_path / "harvest.txt"
-    planted.write_text(planted_answer(listener.url), encoding="utf-8")
-    upload(page, [planted])
-    page.click("#index")
-    wait_for_text(page, "#status", "Indexed 1 file")
-    ask(page, "When was the spring harvest?")
-    answer = page.locator("#chatbot .message").last
-    wait_for_text(page, "#chatbot", "the harvest report")
-    time.sleep(2)  # time for any fetch the page would make
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT.with_name("demo-llm-injection.png")), full_page=True)
-    assert listener.requests == []
-    assert outside == []
-    for panel in ("#chatbot .message-content", "#sources [role=gridcell]", "#context", "#status"):
-        assert_inert(page, panel)
-    text = answer.inner_text()
-    # What the model wrote stays readable: the link text, and each image as a text note.
-    assert "The spring harvest is described in [1]" in text
-    assert "the harvest report" in text
-    assert f"[image not shown: chart, {listener.url}/markdown-image" in text
-    assert '<form action="' in text and "<script>" in text  # shown as text, not as elements
-    page.context.close()
-
-
-def test_extractive_answers_quote_markup_as_text(demo_url, browser, tmp_path, listener):
-    outside: list[str] = []
-    page = open_session(browser, demo_url, outside, let_through=listener.url)
-    planted = tmp_path / "harvest.txt"
+    page = open_session(browser, url, outside, let_through=listener.url)
+    planted = folder / "harvest.txt"
     planted.write_text(planted_answer(listener.url), encoding="utf-8")
     upload(page, [planted])
     page.click("#index")
@@ -435,6 +410,25 @@ def test_extractive_answers_quote_markup_as_text(demo_url, browser, tmp_path, li
     assert listener.requests == [] and outside == []
     for panel in ("#chatbot .message-content", "#sources [role=gridcell]", "#context", "#status"):
         assert_inert(page, panel)
+    return page
+
+
+def test_llm_output_cannot_fetch_post_or_run(llm_demo_url, browser, tmp_path, listener):
+    page = ask_about_planted_document(llm_demo_url, browser, tmp_path, listener)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo-llm-injection.png"), full_page=True)
+    text = page.locator("#chatbot .message").last.inner_text()
+    # What the model wrote stays readable: the link text, and each image as a text note.
+    assert "The spring harvest is described in [1]" in text
+    assert "the harvest report" in text
+    assert f"[image not shown: chart, {listener.url}/markdown-image" in text
+    assert '<form action="' in text and "<script>" in text  # shown as text, not as elements
+    page.context.close()
+
+
+def test_extractive_answers_quote_markup_as_text(demo_url, browser, tmp_path, listener):
+    page = ask_about_planted_document(demo_url, browser, tmp_path, listener)
+    assert "[image not shown" not in page.inner_text("#chatbot")  # quoted as typed
     page.context.close()
 
 

@@ -45,6 +45,7 @@ question embedded with the stored context. *Without*: the same chunks and questi
 model's no-corpus fallback context (random strings). Rows are ranks; the two columns show which
 chunk each context puts there."""
 _UNITS = {"load": "files", "chunk": "documents", "store": "chunks"}
+MAX_QUESTION_CHARS = 2000
 # Characters of a chunk shown in the sources table (a click shows all): several rows fit.
 SOURCE_TEXT_CHARS = 180
 UPLOAD_EXPIRY = (3600, 86400)  # (check every, delete older than) in seconds
@@ -252,16 +253,9 @@ def build_demo(
                     sanitize_html=True,
                     latex_delimiters=[],
                 )
-                with gr.Row():
-                    question = gr.Textbox(
-                        label="Question",
-                        placeholder="Ask a question about your documents",
-                        show_label=False,
-                        elem_id="question",
-                        scale=5,
-                        max_length=2000,
-                    )
-                    ask = gr.Button("Ask", elem_id="ask", scale=1, min_width=80)
+                question, ask = _question_row(
+                    "Question", "Ask a question about your documents", "question", "Ask", "ask"
+                )
                 sources = gr.Dataframe(
                     headers=SOURCE_HEADERS,
                     type="array",
@@ -286,16 +280,13 @@ def build_demo(
                     )
             with gr.Column(scale=1):
                 gr.Markdown(COMPARE_HELP)
-                with gr.Row():
-                    compare_question = gr.Textbox(
-                        label="Question to compare",
-                        placeholder="Question (default: your last one)",
-                        show_label=False,
-                        elem_id="compare-question",
-                        scale=4,
-                        max_length=2000,
-                    )
-                    compare = gr.Button("Compare", elem_id="compare", scale=1, min_width=80)
+                compare_question, compare = _question_row(
+                    "Question to compare",
+                    "Question (default: your last one)",
+                    "compare-question",
+                    "Compare",
+                    "compare",
+                )
                 comparison = gr.Dataframe(
                     headers=COMPARE_HEADERS,
                     type="array",
@@ -309,31 +300,16 @@ def build_demo(
 
         demo.load(on_load, outputs=[status, context])
         # One indexing or re-fit at a time across all sessions (they share a concurrency id);
-        # questions run in their own queue, so they stay answerable meanwhile.
-        # Progress shows in the status box only, not over every panel the result updates.
-        index_button.click(
-            on_index,
-            inputs=[files],
-            outputs=[status, context, files],
-            concurrency_limit=1,
-            concurrency_id="index",
-            show_progress_on=[status],
-        )
-        sample_button.click(
-            on_samples,
-            outputs=[status, context, files],
-            concurrency_limit=1,
-            concurrency_id="index",
-            show_progress_on=[status],
-        )
-        refit.click(
-            on_refit,
-            inputs=[seed],
-            outputs=[status, context],
-            concurrency_limit=1,
-            concurrency_id="index",
-            show_progress_on=[status],
-        )
+        # questions run in their own queue, so they stay answerable meanwhile. Progress
+        # shows in the status box only, not over every panel the result updates.
+        indexing: dict[str, Any] = {
+            "concurrency_limit": 1,
+            "concurrency_id": "index",
+            "show_progress_on": [status],
+        }
+        index_button.click(on_index, inputs=[files], outputs=[status, context, files], **indexing)
+        sample_button.click(on_samples, outputs=[status, context, files], **indexing)
+        refit.click(on_refit, inputs=[seed], outputs=[status, context], **indexing)
         ask_outputs = [chatbot, sources, question, compare_question, last_question]
         for trigger in (question.submit, ask.click):
             trigger(
@@ -355,3 +331,22 @@ def build_demo(
                 show_progress_on=[comparison],
             )
     return demo
+
+
+def _question_row(
+    label: str, placeholder: str, elem_id: str, button: str, button_id: str
+) -> tuple[gr.Textbox, gr.Button]:
+    """A one-line question box and its button. The label is not shown; it names the box in
+    a validation message."""
+    import gradio as gr
+
+    with gr.Row():
+        box = gr.Textbox(
+            label=label,
+            placeholder=placeholder,
+            show_label=False,
+            elem_id=elem_id,
+            scale=4,
+            max_length=MAX_QUESTION_CHARS,
+        )
+        return box, gr.Button(button, elem_id=button_id, scale=1, min_width=80)
