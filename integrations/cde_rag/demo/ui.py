@@ -122,7 +122,7 @@ def _follow_tqdm(progress: Any) -> None:
     sets for the whole event; without it (another Gradio), every bar is followed."""
     try:
         from gradio.context import LocalContext
-    except ImportError:  # pragma: no cover - Gradio moved it
+    except ImportError:  # Gradio moved it: every bar is followed
         return
     LocalContext.progress.set(progress)
 
@@ -188,6 +188,7 @@ def build_demo(
         return [gr.validate(asked, "Type a question to compare, or ask one first."), valid]
 
     def on_ask(question: str, history: list[dict] | None, last: str | None) -> Any:
+        question = (question or "").strip()
         try:
             answer = index.answer(question)
         except Exception as exc:  # shown once, as a notice; the chat stays as it was
@@ -195,7 +196,7 @@ def build_demo(
             return gr.skip()
         history = [
             *(history or []),
-            {"role": "user", "content": text_html(question.strip())},
+            {"role": "user", "content": text_html(question)},
             {"role": "assistant", "content": chat_text(answer)},
         ]
         return history, source_rows(answer.sources), "", question, question
