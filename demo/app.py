@@ -9,7 +9,6 @@ CDE_RAG_LLM_BASE_URL / CDE_RAG_LLM_MODEL / CDE_RAG_LLM_API_KEY.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from cde_rag import shared_model
 from cde_rag.answer import LLMConfig
@@ -20,7 +19,7 @@ index = DemoIndex(
     default_data_dir(),
     llm=LLMConfig.from_settings(),
 )
-demo = build_demo(index, samples=sample_files(Path(__file__).parent / "samples"))
+demo = build_demo(index, samples=sample_files())
 
 if __name__ == "__main__":
     launch(

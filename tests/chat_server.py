@@ -3,7 +3,9 @@
 It binds 127.0.0.1 on a free port, prints `PORT <n>` on stdout, and answers
 POST /v1/chat/completions with a canned completion that names the first source it was given
 and cites it as [1], so a test can tell the sources really reached the server. Model
-"broken" gets HTTP 500; "silent" gets an empty answer.
+"broken", or a question containing "(fail)", gets HTTP 500; "silent" gets an empty answer.
+Model "obedient" behaves like an LLM that follows instructions planted in a document: when a
+source holds text between <<< and >>>, that text is the answer, verbatim.
 """
 
 from __future__ import annotations
@@ -21,18 +23,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 app = FastAPI()
+INSTRUCTION = re.compile(r"<<<(.*?)>>>", re.DOTALL)
 
 
 @app.post("/v1/chat/completions")
 async def completions(request: Request) -> JSONResponse:
     body = await request.json()
     model = body.get("model")
-    if model == "broken":
-        return JSONResponse({"error": {"message": "model is broken"}}, status_code=500)
     user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    question = user.rsplit("\nQuestion: ", 1)[-1]
+    if model == "broken" or "(fail)" in question:
+        return JSONResponse({"error": {"message": "model is broken"}}, status_code=500)
     first = re.search(r"^\[1\] \((.+), chunk (\d+)\)$", user, re.MULTILINE)
     named = first.group(1) if first else "no source"
     content = "" if model == "silent" else f"The answer is in {named} [1]."
+    planted = INSTRUCTION.search(user)
+    if model == "obedient" and planted:
+        content = planted.group(1).strip()
     return JSONResponse(
         {
             "id": "chatcmpl-test",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from chat_server import running as running_chat_server
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cde_rag.answer import (
     MAX_SENTENCE_CHARS,
@@ -59,6 +63,64 @@ def test_split_sentences_joins_wrapped_lines_but_keeps_headings_and_items():
         "- two",
         "New paragraph",
     ]
+
+
+def test_split_sentences_keeps_abbreviations_and_initials_inside():
+    text = (
+        "Mount St. Helens erupted in 1980. Dr. Smith met J. R. R. Tolkien at 5 p.m. on a "
+        "Monday. Use e.g. green tea, approx. five grams. See Fig. 2 and No. 5. Is it the "
+        "Nile? It is the longest river."
+    )
+    assert split_sentences(text) == [
+        "Mount St. Helens erupted in 1980.",
+        "Dr. Smith met J. R. R. Tolkien at 5 p.m. on a Monday.",
+        "Use e.g. green tea, approx. five grams.",
+        "See Fig. 2 and No. 5.",
+        "Is it the Nile?",
+        "It is the longest river.",
+    ]
+
+
+@given(st.text(alphabet=st.sampled_from(list("aB. !?\"')e.gSt5…")), max_size=80))
+def test_split_sentences_loses_and_reorders_nothing(line):
+    """On one line, sentences are the text's words in order, cut only at sentence ends."""
+    assert " ".join(split_sentences(line)) == " ".join(line.split())
+
+
+def test_extractive_answer_quotes_only_whole_sentences_of_cut_chunks():
+    """A chunk after the first can start inside a sentence, even inside a word, and any chunk
+    can end inside one: those pieces are never quoted as sentences."""
+    sources = [
+        Source(
+            1,
+            "rivers.txt",
+            3,
+            0.9,
+            "e? It is the longest river in Africa. The river Nile floods every summer, "
+            "and its river valley was farmed for thousands of years before the",
+        ),
+        Source(2, "rivers.txt", 4, 0.8, "ater of the river. Rivers in Europe are shorter."),
+    ]
+    answer = extractive_answer("Which river is the longest river?", sources)
+    quoted = [part.strip() for part in re.split(r"\[\d+\]", answer) if part.strip()]
+    assert quoted == ["It is the longest river in Africa.", "Rivers in Europe are shorter."]
+
+
+def test_extractive_answer_keeps_whole_first_chunks_and_titles():
+    sources = [
+        Source(1, "a.md", 0, 0.9, "A short history of tea\n\nTea came from China."),
+        Source(2, "a.md", 2, 0.8, "Green tea likes cool water.\n\n- steep green tea briefly"),
+    ]
+    answer = extractive_answer("history of green tea", sources, max_sentences=3)
+    assert "A short history of tea [1]" in answer
+    assert "Green tea likes cool water. [2]" in answer
+    assert "- steep green tea briefly [2]" in answer
+
+
+def test_extractive_answer_falls_back_to_marked_pieces():
+    sources = [Source(1, "log", 2, 0.9, "rror while brewing the tea and then the pot broke and")]
+    answer = extractive_answer("brewing tea", sources)
+    assert answer == "…rror while brewing the tea and then the pot broke and… [1]"
 
 
 def test_terms_drop_stopwords_and_fold_plurals():
@@ -175,8 +237,10 @@ def test_llm_answer_from_a_real_server_cites_the_sources(chat_server):
 
 @pytest.mark.server
 def test_llm_answer_reports_server_errors(chat_server):
-    with pytest.raises(AnswerError, match="HTTP 500"):
+    with pytest.raises(AnswerError) as failed:
         llm_answer("q", SOURCES, LLMConfig(chat_server, "broken"))
+    # Once each: the endpoint, the status and the server's own message.
+    assert str(failed.value) == f"LLM endpoint {chat_server} answered HTTP 500: model is broken"
     with pytest.raises(AnswerError, match="empty answer"):
         llm_answer("q", SOURCES, LLMConfig(chat_server, "silent"))
 

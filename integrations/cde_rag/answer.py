@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import CDEError
 
@@ -24,8 +25,21 @@ ENV_BASE_URL = "CDE_RAG_LLM_BASE_URL"
 ENV_MODEL = "CDE_RAG_LLM_MODEL"
 ENV_API_KEY = "CDE_RAG_LLM_API_KEY"
 
-# Sentence ends: . ! ? (optionally followed by a closing quote or bracket), then whitespace.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'”’)\]])\s+")
+# A possible sentence end: . ! ? or … (optionally followed by a closing quote or bracket),
+# whitespace, then the next word's first character (group 1); see `_split_segment`.
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s+(\S))")
+# Text that ends a sentence, and characters that may open one besides letters and digits.
+_FINAL = re.compile(r"[.!?…:;][\"'”’)\]]*$")
+_OPENERS = "\"'“‘([¿¡#*-+•>|"
+# An unpunctuated line this short that does not end on a stopword reads as a title.
+_TITLE_WORDS = 12
+# Abbreviations that a capitalised word or a number usually follows ("St. Helens", "No. 5").
+_ABBREVIATIONS = frozenset(
+    """
+    mr mrs ms dr prof st mt ft sen rep gov gen col lt sgt capt rev hon jr sr no nos vol fig
+    figs eq pp ch sec art dept est jan feb mar apr jun jul aug sep sept oct nov dec
+    """.split()  # noqa: SIM905
+)
 # Lines that stand alone even without final punctuation: Markdown headings, list items, quotes.
 _BLOCK_LINE = re.compile(r"(?:#{1,6}\s|[-*+•>]\s|\d{1,3}[.)]\s)")
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
@@ -68,24 +82,78 @@ def split_sentences(text: str) -> list[str]:
 
     Paragraphs (blank-line separated) never share a sentence. Inside one, hard-wrapped lines
     are joined back (text files and PDFs wrap mid-sentence), except that headings, list items
-    and quotes stay lines of their own, since they rarely end in punctuation.
+    and quotes stay lines of their own, since they rarely end in punctuation. A period ends a
+    sentence only before a word that does not start in lower case, and not after an
+    abbreviation ("Mount St. Helens", "Dr. Smith"), an initial ("J. R. R. Tolkien") or a
+    dotted one ("e.g.", "U.S.").
     """
-    sentences = []
+    return [sentence.text for sentence in _sentences(text)]
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    text: str
+    block: bool  # a heading, list item or quote line
+    alone: bool  # the only sentence of its paragraph or line
+
+
+def _sentences(text: str) -> list[_Sentence]:
+    out = []
     for paragraph in _PARAGRAPH.split(text):
-        segments: list[str] = []
+        segments: list[tuple[str, bool]] = []
         standalone = True  # the previous segment must not absorb the next line
         for line in (line.strip() for line in paragraph.splitlines()):
             if not line:
                 continue
             block = bool(_BLOCK_LINE.match(line))
             if segments and not block and not standalone:
-                segments[-1] += " " + line
+                segments[-1] = (segments[-1][0] + " " + line, segments[-1][1])
             else:
-                segments.append(line)
+                segments.append((line, block))
             standalone = block and line.startswith("#")  # a heading never continues
-        for segment in segments:
-            sentences += [" ".join(s.split()) for s in _SENTENCE_END.split(segment) if s.strip()]
-    return sentences
+        for segment, block in segments:
+            parts = _split_segment(segment)
+            out += [_Sentence(part, block, len(parts) == 1) for part in parts]
+    return out
+
+
+def _split_segment(segment: str) -> list[str]:
+    parts, start = [], 0
+    for end in _SENTENCE_END.finditer(segment):
+        following = end.group(1)
+        if following.islower():  # "approx. five", "e.g. green": no sentence starts so
+            continue
+        if end.group().startswith(".") and _abbreviated(segment[: end.start()]):
+            continue
+        parts.append(segment[start : end.end()])
+        start = end.end()
+    parts.append(segment[start:])
+    return [" ".join(part.split()) for part in parts if part.strip()]
+
+
+def _abbreviated(before: str) -> bool:
+    """Whether the word that ends `before` (just ahead of a period) is an abbreviation."""
+    word = before.rsplit(None, 1)[-1].lstrip("([\"'“‘") if before.strip() else ""
+    if not word:
+        return False
+    if len(word) == 1 and word.isalpha() and word.isupper():  # an initial
+        return True
+    return "." in word or word.lower() in _ABBREVIATIONS
+
+
+def _starts_whole(sentence: str) -> bool:
+    """Whether `sentence` starts as sentences do (not inside a word or a clause)."""
+    first = sentence[0]
+    return not first.islower() and (first.isalnum() or first in _OPENERS)
+
+
+def _ends_whole(sentence: _Sentence) -> bool:
+    """Whether `sentence` ends as sentences do: with final punctuation, or as a line of its
+    own (a heading, a list item, a short title) rather than mid-clause."""
+    if _FINAL.search(sentence.text) or sentence.block:
+        return True
+    words = sentence.text.split()
+    return sentence.alone and len(words) <= _TITLE_WORDS and words[-1].lower() not in _STOPWORDS
 
 
 def terms(text: str) -> set[str]:
@@ -106,6 +174,26 @@ class _Candidate:
     source: Source
     position: int
     terms: frozenset[str]
+    cut_start: bool  # the chunk starts inside this sentence
+    cut_end: bool  # the chunk ends inside this sentence
+
+
+def _candidates(source: Source) -> list[_Candidate]:
+    """The sentences of one retrieved chunk, with where the chunk cut them. Any chunk but a
+    document's first can start inside a sentence (or a word: chunks overlap by characters),
+    and any chunk can end inside one."""
+    sentences = _sentences(source.text)
+    return [
+        _Candidate(
+            sentence=sentence.text,
+            source=source,
+            position=pos,
+            terms=frozenset(terms(sentence.text)),
+            cut_start=pos == 0 and source.chunk != 0 and not _starts_whole(sentence.text),
+            cut_end=pos == len(sentences) - 1 and not _ends_whole(sentence),
+        )
+        for pos, sentence in enumerate(sentences)
+    ]
 
 
 def extractive_answer(
@@ -118,7 +206,8 @@ def extractive_answer(
     chunks the job is precision - which sentence holds the words the question asks about. A
     sentence scores the IDF-weighted share of the question's content words it contains (IDF
     over the candidate sentences, so words found everywhere in the retrieved text count for
-    little); Markdown headings are left out unless nothing else is there; ties go to the
+    little); sentences a chunk boundary cut, then Markdown headings, are left out unless
+    nothing else is there (a cut piece is quoted with "…" where it was cut); ties go to the
     better-ranked chunk, then to the earlier sentence. This costs no model calls, is
     deterministic, and the user can see why a sentence was picked. When no sentence shares a
     word with the question, the answer says so and quotes the top chunk's opening sentence,
@@ -126,13 +215,10 @@ def extractive_answer(
     """
     if max_sentences < 1:
         raise ValueError(f"max_sentences must be at least 1, got {max_sentences!r}.")
-    candidates = [
-        _Candidate(sentence, src, pos, frozenset(terms(sentence)))
-        for src in sources
-        for pos, sentence in enumerate(split_sentences(src.text))
-    ]
+    candidates = [cand for src in sources for cand in _candidates(src)]
     if not candidates:
         return "Nothing relevant is indexed yet: upload documents and index them first."
+    candidates = [c for c in candidates if not (c.cut_start or c.cut_end)] or candidates
     # Headings name a topic but answer nothing; quote them only when there is nothing else.
     candidates = [c for c in candidates if not c.sentence.startswith("#")] or candidates
     wanted = terms(question)
@@ -157,9 +243,9 @@ def extractive_answer(
         top = candidates[0]
         return (
             "No sentence in the retrieved passages shares a word with the question; the closest "
-            f"passage begins: {_quote(top.sentence)} [{top.source.number}]"
+            f"passage begins: {_quote(top)} [{top.source.number}]"
         )
-    return " ".join(f"{_quote(c.sentence)} [{c.source.number}]" for c in picked)
+    return " ".join(f"{_quote(c)} [{c.source.number}]" for c in picked)
 
 
 def _idf(wanted: set[str], candidates: Sequence[_Candidate]) -> dict[str, float]:
@@ -171,11 +257,13 @@ def _idf(wanted: set[str], candidates: Sequence[_Candidate]) -> dict[str, float]
     return idf
 
 
-def _quote(sentence: str) -> str:
-    sentence = " ".join(sentence.split())
-    if len(sentence) <= MAX_SENTENCE_CHARS:
-        return sentence
-    return sentence[: MAX_SENTENCE_CHARS - 1].rsplit(" ", 1)[0] + "…"
+def _quote(candidate: _Candidate) -> str:
+    sentence = " ".join(candidate.sentence.split())
+    if len(sentence) > MAX_SENTENCE_CHARS:
+        sentence = sentence[: MAX_SENTENCE_CHARS - 1].rsplit(" ", 1)[0] + "…"
+    elif candidate.cut_end:
+        sentence += "…"
+    return "…" + sentence if candidate.cut_start else sentence
 
 
 # -- citations --------------------------------------------------------------------------------
@@ -247,6 +335,18 @@ class LLMConfig:
         return cls(base_url=base_url, model=model, api_key=api_key)
 
 
+# openai's own prefix on a status error's message; the status is reported separately.
+_STATUS_PREFIX = re.compile(r"^Error code: \d+ - ")
+
+
+def _server_message(exc: Any) -> str:
+    """What the endpoint said about an HTTP error: its JSON `message` when it sent one."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return _STATUS_PREFIX.sub("", str(exc.message))
+
+
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered sources the user gives you. Cite the sources "
     "that support each statement with their numbers in square brackets, like [1] or [2][3]. "
@@ -280,7 +380,8 @@ def llm_answer(
         )
     except openai.APIStatusError as exc:
         raise AnswerError(
-            f"LLM endpoint {config.base_url} answered HTTP {exc.status_code}: {exc.message}"
+            f"LLM endpoint {config.base_url} answered HTTP {exc.status_code}: "
+            f"{_server_message(exc)}"
         ) from exc
     except openai.APIError as exc:  # connection errors and timeouts
         raise AnswerError(f"LLM endpoint {config.base_url} failed: {exc}") from exc

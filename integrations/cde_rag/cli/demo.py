@@ -26,11 +26,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "your documents to the network)",
     )
     parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests addressed to NAME (a reverse proxy's host name; repeatable). "
+        "Bound to loopback, the demo answers only localhost, 127.0.0.1 and [::1] otherwise, so "
+        "a web page cannot reach it through DNS rebinding",
+    )
+    parser.add_argument(
         "--samples",
         default=None,
         metavar="DIR",
-        help="sample documents offered by a 'Try' button (default: demo/samples of a source "
-        "checkout, if there is one)",
+        help="folder of sample documents offered by a 'Try' button (default: the three "
+        "samples bundled with cde-rag)",
     )
     parser.add_argument("--port", type=port, default=7860, help="TCP port (default 7860)")
     parser.add_argument(
@@ -118,5 +127,6 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         max_file_mb=args.max_upload_mb,
+        allowed_hosts=args.allowed_host,
     )
     return 0
