@@ -44,14 +44,14 @@ def test_any_failure_of_one_file_skips_only_that_file(index, tmp_path, monkeypat
     """Whatever a loader raises for one file (here a bug stand-in), the others are indexed."""
     import cde_rag.documents as documents
 
-    real = documents.load_document
+    real = documents.load_documents
 
-    def flaky(path, **kwargs):
-        if Path(path).name == "geo.txt":
+    def flaky(paths, **kwargs):
+        if any(Path(path).name == "geo.txt" for path in paths):
             raise RuntimeError("loader bug\nsecond line of detail")
-        return real(path, **kwargs)
+        return real(paths, **kwargs)
 
-    monkeypatch.setattr(documents, "load_document", flaky)
+    monkeypatch.setattr(documents, "load_documents", flaky)
     paths = write_files(tmp_path / "in", GOOD)
     message = index.index_files(paths)
     assert message.startswith("**Indexed 1 file**"), message

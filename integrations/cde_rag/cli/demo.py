@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
-from ._common import add_model_arguments, load_model, port, positive_int
+from ._common import add_chunking_arguments, add_model_arguments, load_model, port, positive_int
 
 HELP = "start the Gradio demo: upload files, chat with cited sources, inspect the context"
 
@@ -51,21 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top-k", type=positive_int, default=4, help="chunks retrieved per question (default 4)"
     )
-    parser.add_argument(
-        "--chunk-size",
-        type=positive_int,
-        default=DEFAULT_CHUNK_SIZE,
-        help=f"characters per chunk (default {DEFAULT_CHUNK_SIZE})",
-    )
-    parser.add_argument(
-        "--chunk-overlap",
-        type=int,
-        default=DEFAULT_CHUNK_OVERLAP,
-        help=f"characters shared by neighbouring chunks (default {DEFAULT_CHUNK_OVERLAP})",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=42, help="seed for sampling the context (default 42)"
-    )
+    add_chunking_arguments(parser)
     llm = parser.add_argument_group(
         "LLM answers (optional; default: extractive answers, no LLM needed)"
     )
@@ -91,11 +76,6 @@ def run(args: argparse.Namespace) -> int:
     from ..demo_app import DemoIndex, build_demo, default_data_dir, launch, sample_files
     from ..errors import CheckpointError
 
-    if not 0 <= args.chunk_overlap < args.chunk_size:
-        raise ValueError(
-            f"--chunk-overlap must be from 0 to --chunk-size - 1 ({args.chunk_size - 1}), "
-            f"got {args.chunk_overlap}."
-        )
     llm = LLMConfig.from_settings(args.llm_base_url, args.llm_model, args.llm_api_key)
     try:
         model = load_model(args)  # fails fast, with the offline remedy, before Gradio starts

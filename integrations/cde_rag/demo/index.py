@@ -34,6 +34,7 @@ from ..documents import (
 )
 from ..errors import ContextError
 from ..model import CDEModel
+from ..paths import data_dir
 from .render import count, skipped_lines
 
 if TYPE_CHECKING:
@@ -57,10 +58,7 @@ def default_data_dir() -> Path:
     Next to the CLI's default Chroma folder (~/.local/share/cde-rag/chroma) but separate, so
     files dropped into the demo never mix with collections built by `cde-rag index`.
     """
-    if os.environ.get("CDE_RAG_DEMO_DATA"):
-        return Path(os.environ["CDE_RAG_DEMO_DATA"]).expanduser()
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "cde-rag" / "demo"
+    return data_dir("demo", env="CDE_RAG_DEMO_DATA")
 
 
 def bundled_samples_dir() -> Path:
