@@ -353,7 +353,7 @@ def test_index_skips_files_over_the_caps_and_names_them(tmp_path, tiny_path, cap
     for bad in ("0", "-3", "x"):
         with pytest.raises(SystemExit):
             main([*args, "--max-pages", bad])
-    assert "--max-pages: invalid positive_int value: 'x'" in capsys.readouterr().err
+    assert "argument --max-pages: must be an integer, got 'x'" in capsys.readouterr().err
 
 
 # -- item 11: what the folder walk vetted is what is read ---------------------------------------
