@@ -545,13 +545,23 @@ def test_chroma_load_into_a_server_then_query(job, chroma, capsys):
 
 @pytest.mark.slow
 def test_cli_ray_engine_loads_files_as_the_local_engine(ray_address, tmp_path, tiny_path, capsys):
+    """Both engines read the same files (--max-chars skips the same one). The Ray job starts
+    from the context of a local collection (the remedy a mismatched load suggests), so its
+    output loads into that collection adding nothing; it also loads into LanceDB."""
     from cde_rag.cli import main
 
     docs = write_corpus(tmp_path / "docs", files=4, seed=3)
     (docs / "long.md").write_text("word " * 400)  # over --max-chars: skipped by both engines
-    out, lance = tmp_path / "out", str(tmp_path / "lance")
-    argv = ["index", str(docs), "--engine", "ray", "--out", str(out), "--model", tiny_path]
-    argv += [*CHUNK_ARGS, "--max-chars", "1500", "--actors", "1", "--num-cpus", "1", "--json"]
+    out, db, lance = tmp_path / "out", str(tmp_path / "db"), str(tmp_path / "lance")
+    files = [str(docs), *CHUNK_ARGS, "--max-chars", "1500", "--json"]
+    capsys.readouterr()
+    local = ["index", *files, "-c", "local", "--db", db, "--model", tiny_path, "--seed", "5"]
+    assert main([*local, "--no-cache"]) == 0
+    local_report = json.loads(capsys.readouterr().out)
+    saved = ["context", "save", "-c", "local", "--db", db, "-o", str(out / "context.safetensors")]
+    assert main(saved) == 0
+    argv = ["index", *files, "--engine", "ray", "--out", str(out), "--model", tiny_path]
+    argv += ["--actors", "1", "--num-cpus", "1"]
     capsys.readouterr()
     assert main(argv) == 0
     printed, err = capsys.readouterr()
@@ -559,14 +569,17 @@ def test_cli_ray_engine_loads_files_as_the_local_engine(ray_address, tmp_path, t
     loaded = load_documents([docs], max_chars=1500)
     chunks = chunk_documents(loaded.documents, **CHUNKING)
     assert (report["chunks"], report["embedded"], report["rows"]) == (len(chunks),) * 3
-    assert report["errors"] == [list(e) for e in loaded.skipped]
+    assert report["errors"] == local_report["errors"] == [list(e) for e in loaded.skipped]
     assert any("long.md" in path for path, _ in loaded.skipped)
+    assert (report["context"], report["new_context"]) == (local_report["context"], False)
     assert report["out"] == str(out) and f"embed {len(chunks)}/{len(chunks)}" in err
     assert sorted(output_rows(out).column("id").to_pylist()) == sorted(c.id for c in chunks)
     assert main(argv) == 0  # run again: nothing new to embed
     again = json.loads(capsys.readouterr()[0])
     assert (again["embedded"], again["already"]) == (0, len(chunks))
 
+    into_local = load_json(capsys, str(out), "--db", db, "-c", "local")
+    assert (into_local["added"], into_local["rows"]) == (0, len(chunks))
     load_json(capsys, str(out), "--lancedb", lance, "-c", "corpus")
     chunk = chunks[2]
     assert main(["query", chunk.text, "--lancedb", lance, "-c", "corpus", "-k", "3"]) == 0
