@@ -239,6 +239,19 @@ def job(ray_address, tmp_path_factory, tiny_path):
     }
 
 
+def with_another_context(out: Path, copy: Path, model):
+    """A copy of the output whose context (and manifest) say another corpus made it:
+    `(folder, that context, the original manifest)`."""
+    import shutil
+
+    shutil.copytree(out, copy)
+    foreign = model.fit_context(["another", "corpus"])
+    EmbeddingsFolder(copy).save_context(foreign)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "context": foreign.fingerprint}))
+    return copy, foreign, manifest
+
+
 def output_rows(out: Path) -> pa.Table:
     return pq.read_table(out / "data")
 
@@ -337,7 +350,6 @@ def test_lancedb_load_twice_then_search_finds_its_own_chunk(job, tmp_path, tiny_
 def test_lancedb_refuses_mixed_contexts_and_unfinished_folders(
     job, tmp_path, tiny_model, make_checkpoint
 ):
-    import shutil
 
     import lancedb
 
@@ -346,12 +358,7 @@ def test_lancedb_refuses_mixed_contexts_and_unfinished_folders(
     uri, n = str(tmp_path / "lance"), job["again"].rows
     lancedb_store.load_embeddings(job["out"], uri, "docs", show_progress=False)
     # Another corpus's output (another context) into the same table: refused, nothing added.
-    other = tmp_path / "other"
-    shutil.copytree(job["out"], other)
-    foreign = tiny_model.fit_context(["another", "corpus"])
-    EmbeddingsFolder(other).save_context(foreign)
-    manifest = json.loads((other / "manifest.json").read_text())
-    (other / "manifest.json").write_text(json.dumps({**manifest, "context": foreign.fingerprint}))
+    other, foreign, manifest = with_another_context(job["out"], tmp_path / "other", tiny_model)
     with pytest.raises(ContextMismatchError, match="mixing them"):
         lancedb_store.load_embeddings(other, uri, "docs", show_progress=False)
     assert lancedb_store.open_store(uri, "docs").table.count_rows() == n
@@ -471,18 +478,11 @@ def test_chroma_load_stores_what_a_local_index_stores_once(job, tmp_path, tiny_p
 
 @pytest.mark.slow
 def test_chroma_load_refuses_another_context_and_bad_folders(job, tmp_path, tiny_model, capsys):
-    import shutil
-
     from cde_rag.cli import main
 
     db, n = tmp_path / "chroma", job["again"].rows
     load_json(capsys, str(job["out"]), "--db", str(db), "-c", "loaded")
-    other = tmp_path / "other"
-    shutil.copytree(job["out"], other)
-    foreign = tiny_model.fit_context(["another", "corpus"])
-    EmbeddingsFolder(other).save_context(foreign)
-    manifest = json.loads((other / "manifest.json").read_text())
-    (other / "manifest.json").write_text(json.dumps({**manifest, "context": foreign.fingerprint}))
+    other, _, manifest = with_another_context(job["out"], tmp_path / "other", tiny_model)
     assert main(["load", str(other), "--db", str(db), "-c", "loaded"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("cde-rag load: error: Chroma collection 'loaded' holds vectors")

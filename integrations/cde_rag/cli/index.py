@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..documents import DEFAULT_MAX_CHARS, DEFAULT_MAX_PAGES
 from ._common import (
@@ -186,6 +186,19 @@ def _check_engine_options(args: argparse.Namespace) -> None:
         )
 
 
+def _loading(args: argparse.Namespace) -> dict[str, Any]:
+    """How both engines read and chunk the files: the same options give the same chunks."""
+    return {
+        "chunk_size": args.chunk_size,
+        "chunk_overlap": args.chunk_overlap,
+        "seed": args.seed,
+        "recursive": not args.no_recursive,
+        "max_bytes": int(args.max_mb * 1024 * 1024),
+        "max_pages": args.max_pages,
+        "max_chars": args.max_chars,
+    }
+
+
 def _run_local(args: argparse.Namespace, style: str) -> IndexReport:
     from ..ingest import check_collection_name, index_paths
 
@@ -196,13 +209,7 @@ def _run_local(args: argparse.Namespace, style: str) -> IndexReport:
         client=client,
         collection=args.collection,
         model=args.model,
-        chunk_size=args.chunk_size,
-        chunk_overlap=args.chunk_overlap,
-        seed=args.seed,
-        recursive=not args.no_recursive,
-        max_bytes=int(args.max_mb * 1024 * 1024),
-        max_pages=args.max_pages,
-        max_chars=args.max_chars,
+        **_loading(args),
         batch_size=args.batch_size,
         embedding_cache=_cache_path(args),
         device=args.device,
@@ -222,13 +229,7 @@ def _run_ray(args: argparse.Namespace, style: str) -> RayIndexReport:
         args.model,
         address=args.address,
         revision=args.revision,
-        chunk_size=args.chunk_size,
-        chunk_overlap=args.chunk_overlap,
-        seed=args.seed,
-        recursive=not args.no_recursive,
-        max_bytes=int(args.max_mb * 1024 * 1024),
-        max_pages=args.max_pages,
-        max_chars=args.max_chars,
+        **_loading(args),
         actors=args.actors,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus or 0,
