@@ -1,5 +1,7 @@
 """Scaling out on Ray Data: the distributed fit, the actor pool, the resumable folder job, and
-loading its output into LanceDB. One local Ray (4 logical CPUs, small pools) for the session."""
+loading its output into Chroma (a local folder and a real `chroma run` server) and LanceDB;
+the `cde-rag index --engine ray`, `load` and `query --lancedb` commands. One local Ray (4
+logical CPUs, small pools) for the session."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from chroma_server import chroma_server_fixture
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("lancedb")
@@ -27,6 +30,8 @@ from cde_rag.embeddings_folder import EmbeddingsFolder, EmbeddingsFolderError  #
 from cde_rag.errors import ContextMismatchError  # noqa: E402
 
 CHUNKING = {"chunk_size": 200, "chunk_overlap": 20}
+CHUNK_ARGS = ["--chunk-size", "200", "--chunk-overlap", "20"]
+chroma = chroma_server_fixture(scope="module")
 WORDS = ("river", "bank", "loan", "water", "fish", "money", "stream", "flood", "boat", "credit")
 
 
@@ -234,6 +239,19 @@ def job(ray_address, tmp_path_factory, tiny_path):
     }
 
 
+def with_another_context(out: Path, copy: Path, model):
+    """A copy of the output whose context (and manifest) say another corpus made it:
+    `(folder, that context, the original manifest)`."""
+    import shutil
+
+    shutil.copytree(out, copy)
+    foreign = model.fit_context(["another", "corpus"])
+    EmbeddingsFolder(copy).save_context(foreign)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "context": foreign.fingerprint}))
+    return copy, foreign, manifest
+
+
 def output_rows(out: Path) -> pa.Table:
     return pq.read_table(out / "data")
 
@@ -332,7 +350,6 @@ def test_lancedb_load_twice_then_search_finds_its_own_chunk(job, tmp_path, tiny_
 def test_lancedb_refuses_mixed_contexts_and_unfinished_folders(
     job, tmp_path, tiny_model, make_checkpoint
 ):
-    import shutil
 
     import lancedb
 
@@ -341,12 +358,7 @@ def test_lancedb_refuses_mixed_contexts_and_unfinished_folders(
     uri, n = str(tmp_path / "lance"), job["again"].rows
     lancedb_store.load_embeddings(job["out"], uri, "docs", show_progress=False)
     # Another corpus's output (another context) into the same table: refused, nothing added.
-    other = tmp_path / "other"
-    shutil.copytree(job["out"], other)
-    foreign = tiny_model.fit_context(["another", "corpus"])
-    EmbeddingsFolder(other).save_context(foreign)
-    manifest = json.loads((other / "manifest.json").read_text())
-    (other / "manifest.json").write_text(json.dumps({**manifest, "context": foreign.fingerprint}))
+    other, foreign, manifest = with_another_context(job["out"], tmp_path / "other", tiny_model)
     with pytest.raises(ContextMismatchError, match="mixing them"):
         lancedb_store.load_embeddings(other, uri, "docs", show_progress=False)
     assert lancedb_store.open_store(uri, "docs").table.count_rows() == n
@@ -382,7 +394,7 @@ def test_load_command_usage_and_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["load", str(tmp_path), "--collection", "docs"])  # no target
     assert exit_info.value.code == 2
-    assert "one of the arguments --lancedb is required" in capsys.readouterr().err
+    assert "one of the arguments --db --chroma-url --lancedb is required" in capsys.readouterr().err
     lance = str(tmp_path / "lance")
     assert main(["load", str(tmp_path), "--lancedb", lance, "-c", "docs"]) == 1
     err = capsys.readouterr().err
@@ -390,3 +402,189 @@ def test_load_command_usage_and_one_line_errors(tmp_path, capsys):
     assert main(["load", str(tmp_path), "--lancedb", lance, "-c", "bad name"]) == 1
     assert "Invalid LanceDB table name 'bad name'" in capsys.readouterr().err
     assert not (tmp_path / "lance").exists()  # nothing was created for a refused load
+
+
+# -- Chroma --------------------------------------------------------------------------------------
+
+
+def chroma_client(db: Path):
+    import chromadb
+
+    return chromadb.PersistentClient(
+        path=str(db), settings=chromadb.Settings(anonymized_telemetry=False)
+    )
+
+
+def stored(collection) -> dict[str, tuple[str, dict, np.ndarray]]:
+    found = collection.get(include=["documents", "metadatas", "embeddings"])
+    return {
+        i: (text, meta, np.asarray(vector))
+        for i, text, meta, vector in zip(
+            found["ids"], found["documents"], found["metadatas"], found["embeddings"], strict=True
+        )
+    }
+
+
+def load_json(capsys, *argv: str) -> dict:
+    from cde_rag.cli import main
+
+    capsys.readouterr()
+    code = main(["load", *argv, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.slow
+def test_chroma_load_stores_what_a_local_index_stores_once(job, tmp_path, tiny_path, capsys):
+    from cde_rag import chroma
+    from cde_rag.cli import main
+
+    db, n = tmp_path / "chroma", job["again"].rows
+    argv = ["index", str(job["docs"]), "-c", "local", "--db", str(db), "--model", tiny_path]
+    assert main([*argv, *CHUNK_ARGS, "--progress", "none", "--no-cache"]) == 0
+    first = load_json(capsys, str(job["out"]), "--db", str(db), "-c", "loaded")
+    assert (first["added"], first["rows"], first["new_collection"]) == (n, n, True)
+    assert (first["failed"], first["store"]) == (0, str(db))
+    second = load_json(capsys, str(job["out"]), "--db", str(db), "-c", "loaded")
+    assert (second["added"], second["rows"], second["new_collection"]) == (0, n, False)
+
+    client = chroma_client(db)
+    local = chroma.open_collection(client, "local")
+    loaded = chroma.open_collection(client, "loaded")
+    assert loaded.count() == n
+    assert chroma.get_context(loaded).fingerprint == chroma.get_context(local).fingerprint
+    assert chroma.get_context(loaded).fingerprint == first["context"] == job["again"].context
+    assert loaded.metadata == local.metadata  # the chunking, so `index` accepts it later
+    expected, got = stored(local), stored(loaded)
+    assert sorted(got) == sorted(expected)
+    for chunk_id, (text, meta, vector) in expected.items():
+        assert got[chunk_id][:2] == (text, meta)
+        np.testing.assert_allclose(got[chunk_id][2], vector, atol=1e-5)
+
+    # `cde-rag index` of the same files into the loaded collection finds everything stored.
+    capsys.readouterr()
+    argv = ["index", str(job["docs"]), "-c", "loaded", "--db", str(db), *CHUNK_ARGS]
+    assert main([*argv, "--progress", "none", "--no-cache"]) == 0
+    assert f"0 added, {n} already stored" in capsys.readouterr().out
+    # `cde-rag query` through the loaded collection finds each chunk first.
+    for chunk in local_chunks(job["docs"])[::5]:
+        assert (
+            main(["query", chunk.text, "-c", "loaded", "--db", str(db), "-k", "2", "--json"]) == 0
+        )
+        hits = json.loads(capsys.readouterr().out)
+        assert hits[0]["id"] == chunk.id and hits[0]["source"] == chunk.source
+
+
+@pytest.mark.slow
+def test_chroma_load_refuses_another_context_and_bad_folders(job, tmp_path, tiny_model, capsys):
+    from cde_rag.cli import main
+
+    db, n = tmp_path / "chroma", job["again"].rows
+    load_json(capsys, str(job["out"]), "--db", str(db), "-c", "loaded")
+    other, _, manifest = with_another_context(job["out"], tmp_path / "other", tiny_model)
+    assert main(["load", str(other), "--db", str(db), "-c", "loaded"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cde-rag load: error: Chroma collection 'loaded' holds vectors")
+    assert "mixing them would make search results meaningless" in err
+    assert "cde-rag context save --collection loaded -o NEW_OUT/context.safetensors" in err
+    assert chroma_client(db).get_collection("loaded").count() == n  # nothing added
+    # An unfinished job's folder, or no output folder at all: refused, no --db folder made.
+    (other / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    for path, message in [(other, "has not finished"), (tmp_path, "has no manifest.json")]:
+        assert main(["load", str(path), "--db", str(tmp_path / "new"), "-c", "fresh"]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_chroma_load_streams_bounded_batches_with_one_progress(job, tmp_path, monkeypatch):
+    from chromadb.api.models.Collection import Collection
+
+    from cde_rag.chroma_load import load_embeddings
+
+    sizes: list[int] = []
+    add = Collection.add
+
+    def counting_add(self, *args, **kwargs):
+        if self.name == "batched":  # not its context's companion collection
+            sizes.append(len(kwargs["ids"]))
+        return add(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "add", counting_add)
+    seen: list[tuple[int, int]] = []
+    n = job["again"].rows
+    client = chroma_client(tmp_path / "chroma")
+    report = load_embeddings(
+        job["out"], client, "batched", batch_size=7, progress=lambda *p: seen.append(p)
+    )
+    assert (report.added, report.rows) == (n, n)
+    assert sum(sizes) == n and max(sizes) <= 7 and len(sizes) >= -(-n // 7)
+    assert seen[-1] == (n, n) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        load_embeddings(job["out"], client, "batched", batch_size=0)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_chroma_load_into_a_server_then_query(job, chroma, capsys):
+    from cde_rag.cli import main
+
+    n = job["again"].rows
+    report = load_json(capsys, str(job["out"]), "--chroma-url", chroma.url, "-c", "remote")
+    assert (report["added"], report["rows"], report["store"]) == (n, n, chroma.url)
+    chunk = local_chunks(job["docs"])[3]
+    assert main(["query", chunk.text, "-c", "remote", "--chroma-url", chroma.url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["id"] == chunk.id
+    again = load_json(capsys, str(job["out"]), "--chroma-url", chroma.url, "-c", "remote")
+    assert (again["added"], again["rows"]) == (0, n)
+
+
+# -- the command line: index --engine ray, load, query --lancedb ---------------------------------
+
+
+@pytest.mark.slow
+def test_cli_ray_engine_loads_files_as_the_local_engine(ray_address, tmp_path, tiny_path, capsys):
+    """Both engines read the same files (--max-chars skips the same one). The Ray job starts
+    from the context of a local collection (the remedy a mismatched load suggests), so its
+    output loads into that collection adding nothing; it also loads into LanceDB."""
+    from cde_rag.cli import main
+
+    docs = write_corpus(tmp_path / "docs", files=4, seed=3)
+    (docs / "long.md").write_text("word " * 400)  # over --max-chars: skipped by both engines
+    out, db, lance = tmp_path / "out", str(tmp_path / "db"), str(tmp_path / "lance")
+    files = [str(docs), *CHUNK_ARGS, "--max-chars", "1500", "--json"]
+    capsys.readouterr()
+    local = ["index", *files, "-c", "local", "--db", db, "--model", tiny_path, "--seed", "5"]
+    assert main([*local, "--no-cache"]) == 0
+    local_report = json.loads(capsys.readouterr().out)
+    saved = ["context", "save", "-c", "local", "--db", db, "-o", str(out / "context.safetensors")]
+    assert main(saved) == 0
+    argv = ["index", *files, "--engine", "ray", "--out", str(out), "--model", tiny_path]
+    argv += ["--actors", "1", "--num-cpus", "1"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed, err = capsys.readouterr()
+    report = json.loads(printed)
+    loaded = load_documents([docs], max_chars=1500)
+    chunks = chunk_documents(loaded.documents, **CHUNKING)
+    assert (report["chunks"], report["embedded"], report["rows"]) == (len(chunks),) * 3
+    assert report["errors"] == local_report["errors"] == [list(e) for e in loaded.skipped]
+    assert any("long.md" in path for path, _ in loaded.skipped)
+    assert (report["context"], report["new_context"]) == (local_report["context"], False)
+    assert report["out"] == str(out) and f"embed {len(chunks)}/{len(chunks)}" in err
+    assert sorted(output_rows(out).column("id").to_pylist()) == sorted(c.id for c in chunks)
+    assert main(argv) == 0  # run again: nothing new to embed
+    again = json.loads(capsys.readouterr()[0])
+    assert (again["embedded"], again["already"]) == (0, len(chunks))
+
+    into_local = load_json(capsys, str(out), "--db", db, "-c", "local")
+    assert (into_local["added"], into_local["rows"]) == (0, len(chunks))
+    load_json(capsys, str(out), "--lancedb", lance, "-c", "corpus")
+    chunk = chunks[2]
+    assert main(["query", chunk.text, "--lancedb", lance, "-c", "corpus", "-k", "3"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("[1] ") and f"  {chunk.source} (chunk {chunk.index})\n" in shown
+    assert main(["query", chunk.text, "--lancedb", lance, "-c", "corpus", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["id"] == chunk.id and [h["rank"] for h in hits] == [1, 2, 3, 4, 5]

@@ -18,13 +18,17 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
 from ._files import write_atomic
 from .context import CorpusContext
-from .errors import CDEError
+from .errors import CDEError, ContextError
+from .progress import progress_bar_enabled
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -155,6 +159,18 @@ class EmbeddingsFolder:
             )
         return manifest
 
+    def finished(self) -> tuple[dict[str, Any], CorpusContext]:
+        """The manifest and context of a finished job, checked against each other: what a
+        loader needs before it writes anything."""
+        manifest = self.complete_manifest()
+        context = self.read_context()
+        if context is None or context.fingerprint != manifest.get("context"):
+            raise ContextError(
+                f"{self.location} has no context file matching its manifest; the folder is "
+                "damaged. Run the embedding job again into a new folder."
+            )
+        return manifest, context
+
     def read_context(self) -> CorpusContext | None:
         if not self.exists(CONTEXT):
             return None
@@ -213,6 +229,24 @@ class EmbeddingsFolder:
             columns=list(columns) if columns else None, batch_size=batch_size
         )
 
+    def embedded_batches(
+        self,
+        columns: Sequence[str],
+        batch_size: int = 4096,
+        read: Callable[[int], None] | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """The `columns` of the rows that have an embedding, a bounded batch at a time (rows
+        whose text was refused are left out); `read(n)` hears of every n rows read, for
+        progress."""
+        import pyarrow.compute as pc
+
+        for batch in self.data_batches([*columns, ERROR], batch_size):
+            if read is not None:
+                read(batch.num_rows)
+            kept = batch.filter(pc.is_null(batch.column(ERROR))).select(list(columns))
+            if kept.num_rows:
+                yield kept
+
     def count_rows(self) -> tuple[int, int]:
         """(rows written, rows among them whose embedding failed)."""
         import pyarrow.compute as pc
@@ -222,6 +256,29 @@ class EmbeddingsFolder:
             rows += batch.num_rows
             failed += pc.count(batch.column(0)).as_py()
         return rows, failed
+
+
+@contextmanager
+def load_progress(
+    desc: str,
+    total: int,
+    show_progress: bool | None,
+    progress: Callable[[int, int], None] | None,
+) -> Iterator[Callable[[int], None]]:
+    """One bar (or the caller's `progress(done, total)`) for loading a folder's `total` rows
+    into a store; yields the function to call with each number of rows read."""
+    done = 0
+    show = progress is None and progress_bar_enabled(show_progress, count=total)
+    with tqdm(total=total, desc=desc, unit="row", disable=not show) as bar:
+
+        def advance(rows: int) -> None:
+            nonlocal done
+            done += rows
+            bar.update(rows)
+            if progress is not None:
+                progress(done, total)
+
+        yield advance
 
 
 def chunk_table(chunks: Sequence[Chunk]) -> pa.Table:

@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
 from .context import CorpusContext
-from .embeddings_folder import EMBEDDING, ERROR, INPUT_COLUMNS, EmbeddingsFolder
+from .embeddings_folder import EMBEDDING, INPUT_COLUMNS, EmbeddingsFolder, load_progress
 from .errors import ContextError, ContextMismatchError
 from .ingest import Hit, check_query
 
@@ -96,13 +94,7 @@ def load_embeddings(
 
     check_table_name(table)
     folder = EmbeddingsFolder(path)
-    manifest = folder.complete_manifest()
-    context = folder.read_context()
-    if context is None or context.fingerprint != manifest.get("context"):
-        raise ContextError(
-            f"{folder.location} has no context file matching its manifest; the folder is "
-            "damaged. Run the embedding job again into a new folder."
-        )
+    manifest, context = folder.finished()
     db = lancedb.connect(os.fspath(uri))
     _store_context(db, table, context, manifest)
     new_table = not _exists(db, table)
@@ -110,8 +102,9 @@ def load_embeddings(
     store = db.create_table(table, schema=_schema(context), exist_ok=True)
     _check_table_context(store, table, context)
     total = int(manifest.get("rows") or 0)
-    rows = _rows(folder, _schema(context), batch_size, total, show_progress, progress)
-    result = store.merge_insert("id").when_not_matched_insert_all().execute(rows)
+    with load_progress("Loading into LanceDB", total, show_progress, progress) as advance:
+        rows = _rows(folder, _schema(context), batch_size, advance)
+        result = store.merge_insert("id").when_not_matched_insert_all().execute(rows)
     return LoadReport(
         table=table,
         uri=os.fspath(uri),
@@ -270,40 +263,13 @@ def _schema(context: CorpusContext) -> pa.Schema:
 
 
 def _rows(
-    folder: EmbeddingsFolder,
-    schema: pa.Schema,
-    batch_size: int,
-    total: int,
-    show_progress: bool | None,
-    progress: Callable[[int, int], None] | None,
+    folder: EmbeddingsFolder, schema: pa.Schema, batch_size: int, read: Callable[[int], None]
 ) -> pa.RecordBatchReader:
-    """The folder's embedded rows as one stream, rows without an embedding left out."""
+    """The folder's embedded rows as one stream, cast to the table's schema."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    columns = schema.names
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        bar = tqdm(
-            total=total,
-            desc="Loading into LanceDB",
-            unit="row",
-            disable=show_progress is False or progress is not None,
-        )
-        done = 0
-        try:
-            for batch in folder.data_batches([*columns, ERROR], batch_size):
-                done += batch.num_rows
-                bar.update(batch.num_rows)
-                if progress is not None:
-                    progress(done, total)
-                kept = batch.filter(pc.is_null(batch.column(ERROR))).select(columns)
-                if kept.num_rows:
-                    yield kept.cast(schema)
-        finally:
-            bar.close()
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
+    batches = folder.embedded_batches(schema.names, batch_size, read)
+    return pa.RecordBatchReader.from_batches(schema, (b.cast(schema) for b in batches))
 
 
 def _exists(db: DBConnection, name: str) -> bool:

@@ -17,7 +17,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +35,8 @@ from .documents import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CHARS,
+    DEFAULT_MAX_PAGES,
     DocumentError,
     check_chunk_sizes,
     chunk_documents,
@@ -59,6 +61,8 @@ from .model import CDEModel, DTypeLike, check_texts, resolve_dtype, shared_model
 DEFAULT_MODEL = "jxm/cde-small-v2"
 ModelLike = str | os.PathLike[str] | CDEModel
 ContextLike = CorpusContext | str | os.PathLike[str]
+# Rows per Ray batch, each actor's unit of work.
+DEFAULT_BATCH = 64
 # Test hook: seconds each actor sleeps per batch, so a crash test can kill a job mid-run.
 EMBED_DELAY_ENV = "CDE_RAG_TEST_EMBED_DELAY"
 
@@ -193,7 +197,7 @@ def embed_dataset(
     num_cpus: float = 1,
     num_gpus: float = 0,
     dtype: DTypeLike = None,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH,
     model_batch_size: int | None = None,
     counter: Any = None,
 ) -> ray.data.Dataset:
@@ -413,13 +417,16 @@ def index_folder(
     seed: int = DEFAULT_SEED,
     recursive: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    max_chars: int = DEFAULT_MAX_CHARS,
     actors: int | tuple[int, int] = 1,
     num_cpus: float = 1,
     num_gpus: float = 0,
     dtype: DTypeLike = None,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH,
     rows_per_shard: int = 1000,
     show_progress: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RayIndexReport:
     """Load, chunk and embed files on Ray into `out` (a folder or a URI such as s3://...).
 
@@ -430,6 +437,8 @@ def index_folder(
     or with new files: Ray Data's checkpoint (keyed on the chunk id) skips every row already
     written, so nothing is embedded twice. `address` connects to a running Ray cluster when
     this process has not started Ray yet (else a local Ray is started and stopped again).
+    `max_bytes`, `max_pages` and `max_chars` skip files as `cde-rag index` does.
+    `progress(done, total)`, when given, follows the chunks written instead of the bar.
     """
     check_chunk_sizes(chunk_size, chunk_overlap)
     if not isinstance(rows_per_shard, int) or rows_per_shard < 1:
@@ -437,7 +446,9 @@ def index_folder(
     folder = EmbeddingsFolder(out)
     manifest = folder.read_manifest() or {}
     _check_same_chunking(folder, manifest, chunk_size, chunk_overlap)
-    loaded = load_documents(paths, recursive=recursive, max_bytes=max_bytes)
+    loaded = load_documents(
+        paths, recursive=recursive, max_bytes=max_bytes, max_pages=max_pages, max_chars=max_chars
+    )
     chunks = chunk_documents(loaded.documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     if not chunks:
         detail = "; ".join(f"{p}: {why}" for p, why in loaded.skipped[:3]) or "no files given"
@@ -478,6 +489,7 @@ def index_folder(
         total=len(chunks),
         already=already,
         show_progress=show_progress,
+        progress=progress,
         rows_per_shard=rows_per_shard,
         actors=actors,
         num_cpus=num_cpus,
@@ -534,6 +546,7 @@ def _embed_into(
     total: int,
     already: int,
     show_progress: bool | None,
+    progress: Callable[[int, int], None] | None,
     rows_per_shard: int,
     **options: Any,
 ) -> int:
@@ -545,6 +558,8 @@ def _embed_into(
     """
     from ray.data.checkpoint import CheckpointConfig
 
+    if progress is not None:
+        progress(already, total)
     if already == total:
         return 0  # nothing to embed: do not start Ray and a job (and actors) to learn that
     started = _connect(address)
@@ -571,10 +586,10 @@ def _embed_into(
             initial=already,
             desc="Embedding on Ray" + (f" ({already} already written)" if already else ""),
             unit="chunk",
-            disable=show_progress is False,
+            disable=show_progress is False or progress is not None,
         )
         try:
-            return _write_following(embedded, folder.uri(DATA), counter, bar)
+            return _write_following(embedded, folder.uri(DATA), counter, bar, progress)
         finally:
             bar.close()
     finally:
@@ -583,8 +598,15 @@ def _embed_into(
             ray.shutdown()
 
 
-def _write_following(embedded: ray.data.Dataset, target: str, counter: Any, bar: Any) -> int:
-    """Write the dataset as Parquet in a thread while the bar follows the rows embedded."""
+def _write_following(
+    embedded: ray.data.Dataset,
+    target: str,
+    counter: Any,
+    bar: Any,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    """Write the dataset as Parquet in a thread while the bar (or `progress`) follows the rows
+    embedded."""
     failure: list[BaseException] = []
 
     def write() -> None:
@@ -603,6 +625,8 @@ def _write_following(embedded: ray.data.Dataset, target: str, counter: Any, bar:
             done = now
             bar.n = start + done
             bar.refresh()
+            if progress is not None:
+                progress(bar.n, bar.total)
     if failure:
         raise failure[0]
     return done

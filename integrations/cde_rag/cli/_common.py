@@ -178,12 +178,15 @@ def default_db() -> Path:
     return data_dir("chroma", env=DB_ENV)
 
 
-def add_store_arguments(parser: argparse.ArgumentParser, *, collection: bool = True) -> None:
-    """--collection, and either --db DIR (a local Chroma folder) or --chroma-url URL."""
+def add_store_arguments(
+    parser: argparse.ArgumentParser, *, collection: bool = True, required: bool = True
+) -> argparse._MutuallyExclusiveGroup:
+    """--collection (`required` or not), and either --db DIR (a local Chroma folder) or
+    --chroma-url URL; returns that choice's group, for a command that offers another store."""
     group = parser.add_argument_group("Chroma store")
     if collection:
         group.add_argument(
-            "--collection", "-c", required=True, metavar="NAME", help="Chroma collection name"
+            "--collection", "-c", required=required, metavar="NAME", help="Chroma collection name"
         )
     where = group.add_mutually_exclusive_group()
     where.add_argument(
@@ -200,6 +203,7 @@ def add_store_arguments(parser: argparse.ArgumentParser, *, collection: bool = T
         metavar="URL",
         help=f"a Chroma server, e.g. http://127.0.0.1:8000 (default: ${CHROMA_URL_ENV})",
     )
+    return where
 
 
 def open_client(args: argparse.Namespace, *, create: bool = False) -> ClientAPI:
