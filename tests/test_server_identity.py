@@ -146,3 +146,13 @@ def test_contexts_stored_by_format_1_still_serve(tiny_model, tmp_path, golden):
         vectors = np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
         np.testing.assert_allclose(vectors, expected, atol=TOL, rtol=0)
     assert (contexts / "old.safetensors").read_bytes() == V1_FILE.read_bytes()
+
+
+def test_default_data_dir_is_the_shared_user_data_folder(monkeypatch, tmp_path):
+    from cde_rag.server import default_data_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_data_dir() == tmp_path / "cde-rag" / "server"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/path")  # invalid by the XDG spec: ignored
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_dir() == tmp_path / "home" / ".local" / "share" / "cde-rag" / "server"
