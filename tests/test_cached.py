@@ -62,6 +62,34 @@ def test_same_keys_as_the_models_own_cache(tiny_path, tiny_context, tmp_path):
     with CachedEmbedder(model, path) as cached:
         cached.embed_documents(TEXTS[:2], context=tiny_context)
         assert cached.cache.stats == {"hits": 2, "misses": 0}
+        cached.embed_documents(TEXTS[2:], context=tiny_context)
+    model.use_embedding_cache(path)
+    model.embed_documents(TEXTS[2:], context=tiny_context)
+    assert model.cache_stats["embedding_hits"] == 2 and model.cache_stats["embedding_misses"] == 0
+    model.use_embedding_cache(None)
+
+
+def test_float32_and_bfloat16_fits_of_one_recipe_never_share_cached_vectors(
+    tiny_path, tiny_model, golden, tmp_path
+):
+    """The two fits share a fingerprint (the recipe) but not their numbers, so not vectors."""
+    from cde_rag import CDEModel
+
+    exact = tiny_model.context(golden["minicorpus"])
+    fast = CDEModel.from_pretrained(tiny_path, device="cpu", dtype="bfloat16").context(
+        golden["minicorpus"]
+    )
+    assert fast.fingerprint == exact.fingerprint and fast.checksum != exact.checksum
+    texts = golden["documents"][:4]
+    with CachedEmbedder(tiny_model, tmp_path / "cache.sqlite") as cached:
+        first = cached.embed_documents(texts, context=exact)
+        second = cached.embed_documents(texts, context=fast)
+        assert cached.cache.stats == {"hits": 0, "misses": 8}
+        again = cached.embed_documents(texts, context=fast)
+        assert cached.cache.stats == {"hits": 4, "misses": 8}
+    np.testing.assert_array_equal(second, tiny_model.embed_documents(texts, context=fast))
+    np.testing.assert_array_equal(again, second)
+    assert not np.allclose(first, second, atol=1e-6)
 
 
 class ModelUser(Embeddings):
@@ -106,7 +134,7 @@ def test_another_user_of_the_shared_model_sees_no_cache_change(
         # The user's vectors went to its own cache, none to the run's.
         assert own.stats["misses"] > stats_before["misses"]
         run_cache = EmbeddingCache(tmp_path / "embeddings.sqlite")
-        namespace = f"{tiny_context.fingerprint}/float32"
+        namespace = f"{tiny_context.checksum}/float32"  # the model's own key (test above)
         user_keys = [run_cache.key(namespace, "document", "document 0 about topic 0")]
         assert run_cache.get_many(user_keys, model.dim) == {}
         assert len(run_cache) == 9 + 1  # the run's own documents and query, fitted context
@@ -136,7 +164,7 @@ def test_a_thread_using_the_shared_model_during_a_run_keeps_no_cache(
         stop.set()
         thread.join()
     assert seen == {None}
-    namespace = f"{tiny_context.fingerprint}/float32"
+    namespace = f"{tiny_context.checksum}/float32"
     run_cache = EmbeddingCache(tmp_path / "embeddings.sqlite")
     key = run_cache.key(namespace, "query", "a question from elsewhere")
     assert run_cache.get_many([key], model.dim) == {}

@@ -58,3 +58,40 @@ def test_terminal_safe_keeps_ordinary_text_and_round_trips_json():
     dumped = terminal_safe_json(value)
     assert _raw_controls(dumped) == set() and json.loads(dumped) == value
     assert "東京" in dumped
+
+
+def test_one_line_errors_escape_what_they_quote(tmp_path, capsys):
+    """A runtime error quotes a path (or a document, a URL) as given: printed escaped."""
+    missing = tmp_path / "gone\x1b]0;pwned\x07\u202e.safetensors"
+    assert main(["context", "show", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert _raw_controls(err.rstrip("\n")) == set(), sorted(_raw_controls(err))
+    assert err.startswith("cde-rag context: error: No context file at ")
+    assert "gone\\x1b]0;pwned\\x07\\u202e.safetensors" in err
+
+
+def test_usage_errors_escape_what_they_quote(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["context", "show", "x", "--sampel\x1b[2J", "3"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert _raw_controls(err.replace("\n", "")) == set(), sorted(_raw_controls(err))
+    assert "--sampel\\x1b[2J" in err and "(did you mean '--sample'?)" in err
+
+
+def test_eval_prints_the_dataset_name_escaped(tiny_path, tmp_path, capsys):
+    """A BEIR folder's name is the dataset's name, shown in the phase lines and the table."""
+    from test_eval import make_dataset, write_beir
+
+    folder = write_beir(tmp_path / "toy\x1b]0;pwned\x07", *make_dataset())
+    code = main(
+        [
+            "eval", str(folder), "--model", tiny_path, "--device", "cpu", "--seeds", "1",
+            "--no-fallback", "--output", str(tmp_path / "report"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert _raw_controls(out.replace("\n", "")) == set(), sorted(_raw_controls(out))
+    assert out.startswith("toy\\x1b]0;pwned\\x07 (test): 12 documents")
+    assert "\x1b]0;pwned" not in err and "cde-rag eval: toy\\x1b]0;pwned\\x07 (test)" in err

@@ -95,6 +95,7 @@ def test_no_suggestion_for_a_word_like_no_command(capsys):
         (["index", "d", "-c", "a", "--chunk-size", "0"], 2, "must be a positive integer"),
         (["index", "d", "-c", "a", "--chunk-overlap", "900", "--chunk-size", "900"], 2, "(899)"),
         (["demo", "--chunk-size", "100", "--chunk-overlap", "100"], 2, "(99), got 100"),
+        (["context", "fit", "d", "-o", "x", "--seed", "-1"], 2, "must be 0 or more, got -1"),
         (["bench", "--docs", "0"], 2, "must be a positive integer, got 0"),
         (["bench", "--min-tokens", "90", "--max-tokens", "80"], 2, "must not exceed"),
         (["eval"], 2, "give a BEIR folder DATA or --sample"),

@@ -217,3 +217,23 @@ def test_llama_index_fit_and_engine_fit_share_the_fingerprint(tiny_model, golden
     engine = tiny_model.fit_context(corpus)
     assert emb.context_fingerprint == engine.fingerprint
     np.testing.assert_allclose(emb.context.embeddings, engine.embeddings, atol=1e-5)
+
+
+def test_new_public_names_are_at_top_level_without_loading_the_engine():
+    code = (
+        "import sys, cde_rag; "
+        "from cde_rag import LegacyContextWarning, NumericalError, UnsupportedTransformersError; "
+        "from cde_rag.context import LegacyContextWarning as L; from cde_rag import errors; "
+        "assert L is LegacyContextWarning and NumericalError is errors.NumericalError; "
+        "assert UnsupportedTransformersError is errors.UnsupportedTransformersError; "
+        "assert issubclass(UnsupportedTransformersError, cde_rag.CheckpointError); "
+        "assert {'LegacyContextWarning', 'NumericalError', 'UnsupportedTransformersError'} "
+        "<= set(cde_rag.__all__); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    import cde_rag
+
+    assert all(hasattr(cde_rag, name) for name in cde_rag.__all__)

@@ -388,6 +388,37 @@ def test_killed_run_resumes_and_embeds_only_the_rest(tiny_model, data_dir, tmp_p
     assert len(list((tmp_path / "cache" / "contexts").iterdir())) == 1  # fitted once, reloaded
 
 
+def test_saved_vectors_follow_the_contexts_numbers_not_its_recipe(
+    tiny_path, tiny_model, data_dir, tmp_path
+):
+    """A saved context replaced by another fit of the same recipe (bfloat16: same minicorpus,
+    other numbers) gets its vectors computed again, in the vectors folder and in the cache."""
+    from cde_rag import CDEModel
+
+    data = load_beir(data_dir)
+    options = dict(seeds=[42], fallback=False, cache_dir=tmp_path / "cache")
+    first = evaluate(tiny_model, data, **options).results[0]
+    fast_model = CDEModel.from_pretrained(tiny_path, device="cpu", dtype="bfloat16")
+    fast = fast_model.fit_context(data.doc_texts, seed=42)
+    (saved,) = (tmp_path / "cache" / "contexts").iterdir()
+    fast.save(saved)
+    second = evaluate(tiny_model, data, **options).results[0]
+    assert second.context["fingerprint"] == first.context["fingerprint"]
+    assert second.context["checksum"] == fast.checksum != first.context["checksum"]
+    assert (second.documents_embedded, second.queries_embedded) == (12, 4)
+    docs = tiny_model.embed_documents(data.doc_texts, context=fast)
+    queries = tiny_model.embed_queries(data.query_texts, context=fast)
+    expected = queries @ docs.T
+    for qi, qid in enumerate(data.query_ids):
+        for doc_id, score in second.rankings[qid]:
+            assert score == pytest.approx(expected[qi, data.doc_ids.index(doc_id)], abs=1e-5)
+
+    # A bfloat16 run fits its own context: a float32 fit would not be what it measures.
+    fast_row = evaluate(fast_model, data, **options).results[0]
+    assert fast_row.context["fit_dtype"] == "bfloat16"
+    assert len(list((tmp_path / "cache" / "contexts").iterdir())) == 2
+
+
 @pytest.mark.slow
 def test_baseline_vectors_are_reused_only_by_the_same_embedder(tiny_model, data_dir, tmp_path):
     from cde_rag.langchain import CDEEmbeddings

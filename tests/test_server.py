@@ -89,6 +89,7 @@ def test_documents_and_queries_equal_the_engine_with_the_default_context(
     assert out.model_extra["context"] == {
         "id": "default",
         "fingerprint": fallback.fingerprint,
+        "checksum": fallback.checksum,
         "kind": "fallback",
     }
 
@@ -194,7 +195,7 @@ def test_context_fitted_over_http_equals_the_engines(server, tiny_model, golden)
 
 
 def test_context_from_first_stage_embeddings_reproduces_the_golden_vectors(
-    server, tiny_context, golden
+    server, tiny_model, tiny_context, golden
 ):
     with _http(server) as http:
         created = http.post(
@@ -202,14 +203,18 @@ def test_context_from_first_stage_embeddings_reproduces_the_golden_vectors(
             json={"id": "golden", "embeddings": tiny_context.embeddings.tolist()},
         )
         assert created.status_code == 201, created.text
-        assert created.json()["fingerprint"] == tiny_context.fingerprint
+        # The same numbers (checksum) as the fitted context; given numbers are their own
+        # recipe, so the fingerprint is that of a context made from them.
+        assert created.json()["checksum"] == tiny_context.checksum
+        given = tiny_model.context_from_embeddings(tiny_context.embeddings)
+        assert created.json()["fingerprint"] == given.fingerprint != tiny_context.fingerprint
         assert created.json()["kind"] == "embeddings"
 
         # The id is taken by this context: another one under it is a conflict, not an overwrite.
         other = np.roll(tiny_context.embeddings, 1, axis=0).tolist()
         clash = http.post("/v1/contexts", json={"id": "golden", "embeddings": other})
         assert clash.status_code == 409 and clash.json()["error"]["code"] == "context_exists"
-        assert http.get("/v1/contexts/golden").json()["fingerprint"] == tiny_context.fingerprint
+        assert http.get("/v1/contexts/golden").json()["checksum"] == tiny_context.checksum
 
         wrong = http.post("/v1/contexts", json={"embeddings": [[0.0] * 64] * 31})
         assert (

@@ -321,22 +321,25 @@ def test_stored_context_with_huge_rows_is_reported_unusable_at_start(
 
 
 def test_non_finite_vectors_are_a_500_never_nan_in_json(make_checkpoint, tmp_path):
-    import torch
-
+    """Finite but absurd weights (NaN ones are refused at load) overflow inside the model: the
+    engine's NumericalError is the server's fault, a 500, and fails only that request."""
     from cde_rag import CDEModel
 
-    def poison(weights):
-        weights["second_stage_model.output_projection.2.bias"][0] = torch.nan
+    def overflow(weights):
+        key = "second_stage_model.backbone.layers.3.mlp.Wo.weight"
+        weights[key] = weights[key] * 1e38
         return weights
 
-    model = CDEModel.from_pretrained(str(make_checkpoint("nan", edit_weights=poison)))
+    model = CDEModel.from_pretrained(str(make_checkpoint("nan", edit_weights=overflow)))
     with ThreadServer(_app(model, tmp_path)) as srv:
         response = httpx.post(
             f"{srv.url}/v1/embeddings", json={"model": "cde-small-v2", "input": "x"}
         )
+        health = httpx.get(f"{srv.url}/health")
     error = _error(response, 500)
     assert error["code"] == "non_finite_output" and error["type"] == "server_error"
-    assert "NaN" in error["message"]
+    assert "NaN" in error["message"] and "texts[0]" in error["message"]
+    assert health.status_code == 200
 
 
 # -- item 9: DNS rebinding ----------------------------------------------------------------------

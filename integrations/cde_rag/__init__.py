@@ -16,11 +16,13 @@ from .errors import (
     ContextMismatchError,
     InputError,
     NotFittedError,
+    NumericalError,
+    UnsupportedTransformersError,
 )
 
 if TYPE_CHECKING:
     from .cache import EmbeddingCache
-    from .context import CorpusContext, sample_minicorpus
+    from .context import CorpusContext, LegacyContextWarning, sample_minicorpus
     from .model import CDEModel, shared_model
     from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
 
@@ -30,6 +32,7 @@ _LAZY = {
     "CDEModel": ".model",
     "shared_model": ".model",
     "CorpusContext": ".context",
+    "LegacyContextWarning": ".context",
     "sample_minicorpus": ".context",
     "EmbeddingCache": ".cache",
     "DOCUMENT_PREFIX": ".tokenization",
@@ -56,7 +59,10 @@ __all__ = [
     "CorpusContext",
     "EmbeddingCache",
     "InputError",
+    "LegacyContextWarning",
     "NotFittedError",
+    "NumericalError",
+    "UnsupportedTransformersError",
     "__version__",
     "sample_minicorpus",
     "shared_model",

@@ -7,8 +7,8 @@ pending request for the same (context, input type) into one `model.embed` call i
 thread, and splits the vectors back.
 
 One request must never fail the others merged with it: each is validated before it joins a
-batch, a merged call that still fails is re-run one request at a time so only the culprit
-fails, and vectors that are not finite fail their own request only.
+batch, and a merged call that still fails (the engine refuses NaN or infinite vectors with a
+`NumericalError`) is re-run one request at a time so only the culprit fails.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .context import CorpusContext
-from .errors import CDEError
+from .errors import NumericalError
 from .model import CDEModel, InputType, check_texts
 
-
-class NonFiniteOutputError(CDEError, ArithmeticError):
-    """The model produced NaN or infinite values; they are never returned as vectors."""
+# The batcher's own name for the error, from before the engine refused such vectors itself.
+NonFiniteOutputError = NumericalError
 
 
 @dataclass
@@ -122,7 +121,9 @@ class MicroBatcher:
         future: asyncio.Future[tuple[np.ndarray, list[int]]] = (
             asyncio.get_running_loop().create_future()
         )
-        key = (context.fingerprint, input_type)
+        # The numbers (checksum), not the recipe (fingerprint): a float32 and a bfloat16 fit of
+        # one minicorpus are different contexts, never one batch.
+        key = (context.checksum, input_type)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(context, input_type, time.monotonic())
@@ -193,13 +194,8 @@ class MicroBatcher:
             tokens = item.tokens if item.tokens is not None else next(counts)
             rows = vectors[start:end]
             start = end
-            if item.future.done():
-                continue
-            try:
-                item.future.set_result(_finite(rows, tokens))
-            except NonFiniteOutputError as exc:
-                self.stats.failed_requests += 1
-                item.future.set_exception(exc)
+            if not item.future.done():
+                item.future.set_result((rows, tokens))
 
     def _compute(
         self,
@@ -212,16 +208,3 @@ class MicroBatcher:
             texts, context=context, input_type=input_type, show_progress=False
         )
         return vectors, [self.model.count_tokens(part, input_type) for part in uncounted]
-
-
-def _finite(vectors: np.ndarray, tokens: list[int]) -> tuple[np.ndarray, list[int]]:
-    """The request's result, checked: NaN must never reach a client (nor break its JSON)."""
-    bad = ~np.isfinite(vectors).all(axis=1)
-    if bad.any():
-        raise NonFiniteOutputError(
-            f"The model produced NaN or infinite values for {int(bad.sum())} of the "
-            f"{len(vectors)} texts (first: item {int(bad.argmax())}); no vectors were returned. "
-            "The checkpoint or the context is broken: check the model's weights and the "
-            "context (cde-rag context show), or report a bug."
-        )
-    return vectors, tokens

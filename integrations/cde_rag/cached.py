@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 
 
 class CachedEmbedder:
-    """`model`'s embeddings, read from and written to `cache` (keyed by context fingerprint,
-    compute dtype, input type and text, like the model's own cache, so files can be shared)."""
+    """`model`'s embeddings, read from and written to `cache`.
+
+    Keys are those of the model's own cache (`CDEModel.embed`), so one file serves both: the
+    context's checksum (its exact numbers, not the recipe fingerprint: a float32 and a bfloat16
+    fit of one minicorpus give different vectors), the compute dtype, input type and text."""
 
     def __init__(self, model: CDEModel, cache: EmbeddingCache | str | os.PathLike[str]):
         self.model = model
@@ -45,7 +48,7 @@ class CachedEmbedder:
         texts = check_texts(texts)
         context = self.model.check_context(context)
         dtype = str(self.model.dtype).removeprefix("torch.")
-        namespace = f"{context.fingerprint}/{dtype}"
+        namespace = f"{context.checksum}/{dtype}"
         keys = [self.cache.key(namespace, input_type, text) for text in texts]
         found = self.cache.get_many(keys, self.model.dim)
         missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in found))

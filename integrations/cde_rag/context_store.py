@@ -238,14 +238,16 @@ class ContextStore:
         return context_id
 
     def add(self, ctx: CorpusContext, context_id: str | None) -> tuple[str, CorpusContext, bool]:
-        """Store `ctx`; returns (id, stored context, created). Adding the same context under
-        the same id again returns the stored one."""
-        context_id = self.check_new_id(context_id or f"ctx-{ctx.fingerprint[:16]}")
+        """Store `ctx`; returns (id, stored context, created). Adding the same context (the same
+        numbers: two fits of one recipe in different dtypes are two contexts) under the same id
+        again returns the stored one. Without an id, the checksum names it, so two contexts
+        never claim one id."""
+        context_id = self.check_new_id(context_id or f"ctx-{ctx.checksum[:16]}")
         with self._write_lock:
             with self._lock:
                 existing = self._contexts.get(context_id)
                 taken = existing is not None or context_id in self._unusable
-            if existing is not None and existing.fingerprint == ctx.fingerprint:
+            if existing is not None and existing == ctx:
                 return context_id, existing, False
             if taken:
                 raise ContextExistsError(

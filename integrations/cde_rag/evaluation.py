@@ -672,6 +672,8 @@ def evaluate(
         model={
             "name": model.name,
             "fingerprint": model.fingerprint,
+            "revision": model.revision,
+            "backbone_revision": model.backbone_revision,
             "dtype": str(model.dtype).removeprefix("torch."),
             "corpus_size": model.corpus_size,
             "dim": model.dim,
@@ -704,8 +706,9 @@ def _cde_setting(
     def queries(texts: list[str]) -> np.ndarray:
         return embedder.embed_queries(texts, context=ctx, show_progress=False)
 
-    dtype = str(model.dtype).removeprefix("torch.")
-    key = f"cde/{model.fingerprint}/{dtype}/{ctx.fingerprint}"
+    # The checksum, not the fingerprint: saved vectors follow the context's exact numbers,
+    # and two fits of one recipe (float32, bfloat16) have different ones.
+    key = f"cde/{_model_tag(model)}/{ctx.checksum}"
     return _Setting(name, kind, key, documents, queries, seed=seed, context=ctx)
 
 
@@ -718,7 +721,7 @@ def _fitted_setting(
     show_progress: bool | None,
 ) -> _Setting:
     name = f"fitted (seed {seed})"
-    tag = f"{model.fingerprint[:16]}-{dataset.doc_digest[:16]}-seed{seed}"
+    tag = f"{_model_tag(model)}-{dataset.doc_digest[:16]}-seed{seed}"
     ctx = _cached_context(
         cache,
         tag,
@@ -735,12 +738,18 @@ def _fallback_setting(
     name = "fallback (random strings)"
     ctx = _cached_context(
         cache,
-        f"{model.fingerprint[:16]}-fallback",
+        f"{_model_tag(model)}-fallback",
         model,
         lambda: model.fallback_context(show_progress=show_progress),
         f"{name}: embedding the model's random strings as the context",
     )
     return _cde_setting(model, embedder, ctx, name, "fallback", None)
+
+
+def _model_tag(model: CDEModel) -> str:
+    """The model and the dtype it computes in: a run in bfloat16 fits (and measures) its own
+    contexts, never reuses a float32 run's."""
+    return f"{model.fingerprint[:16]}-{str(model.dtype).removeprefix('torch.')}"
 
 
 def _cached_context(

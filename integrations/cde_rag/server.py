@@ -34,7 +34,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from .batching import MicroBatcher
-from .context import CorpusContext
+from .context import CorpusContext, LegacyContextWarning
 from .context_store import (
     CONTEXT_ID_PATTERN,
     DEFAULT_CONTEXT_ID,
@@ -48,6 +48,7 @@ from .context_store import (
 from .errors import ContextError
 from .hosts import HostCheckMiddleware, allowed_hosts, is_loopback
 from .model import CDEModel
+from .paths import data_dir as user_data_dir
 from .server_errors import APIError, add_error_handlers, error_response
 from .server_limits import MAX_BODY_BYTES, MAX_INPUTS, MAX_TOKENS, RequestLimits
 from .server_middleware import APIKeyMiddleware, BodyLimitMiddleware
@@ -108,8 +109,7 @@ ContextId = Annotated[str, PathParam(openapi_examples={"default": {"value": DEFA
 
 def default_data_dir() -> Path:
     """Where contexts live unless `--data` says otherwise (XDG data home)."""
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "cde-rag" / "server"
+    return user_data_dir("server")
 
 
 def model_label(name: str) -> str:
@@ -129,7 +129,16 @@ def cached_fallback(model: CDEModel, folder: Path) -> CorpusContext:
         return model.check_context(CorpusContext.load(path))
     except ContextError:
         pass  # not computed yet, or unreadable: it is a cache, recompute it
-    ctx = model.fallback_context()
+    # cde-rag before context format 2 named the file by the model's older fingerprint. Reuse
+    # it (saved again under today's name), so the default context keeps its numbers and
+    # checksum, and vectors clients stored with it still match.
+    legacy = folder / f"{model.checkpoint.legacy_fingerprint}.safetensors"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LegacyContextWarning)  # it is saved again below
+            ctx = model.check_context(CorpusContext.load(legacy))
+    except ContextError:
+        ctx = model.fallback_context()
     try:
         write_context_file(ctx, path, overwrite=True)
     except ContextStorageError as exc:
@@ -212,6 +221,8 @@ def create_app(
             "root": label,
             "aliases": listed,
             "fingerprint": model.fingerprint,
+            "revision": model.revision,
+            "backbone_revision": model.backbone_revision,
             "dimensions": model.dim,
             "corpus_size": model.corpus_size,
             "max_input_tokens": model.max_length,
@@ -282,7 +293,12 @@ def create_app(
             tokens,
             model=body.model,
             encoding_format=body.encoding_format,
-            context={"id": context_id, "fingerprint": ctx.fingerprint, "kind": ctx.kind},
+            context={
+                "id": context_id,
+                "fingerprint": ctx.fingerprint,
+                "checksum": ctx.checksum,
+                "kind": ctx.kind,
+            },
             input_type=body.input_type,
         )
         return Response(content, media_type="application/json")

@@ -15,7 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from .batching import NonFiniteOutputError
 from .context_store import (
     ContextExistsError,
     ContextNotFoundError,
@@ -24,7 +23,7 @@ from .context_store import (
     InvalidContextIdError,
     StorageFullError,
 )
-from .errors import CDEError
+from .errors import CDEError, NumericalError
 from .server_schema import TextsError
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ ERROR_STATUS: dict[type[Exception], tuple[int, str | None]] = {
     ContextExistsError: (409, "context_exists"),
     StorageFullError: (507, "insufficient_storage"),
     ContextStorageError: (500, "storage_error"),
-    NonFiniteOutputError: (500, "non_finite_output"),
+    NumericalError: (500, "non_finite_output"),  # the model's fault, not the request's
     TextsError: (400, None),
     CDEError: (400, None),
 }

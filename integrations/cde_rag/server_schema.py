@@ -196,7 +196,7 @@ class ContextRequest(RequestBody):
     id: str | None = Field(
         None,
         description="1-64 letters, digits, '-' or '_' (case-insensitive, stored lower-case); "
-        "omitted: 'ctx-' and 16 characters of the fingerprint.",
+        "omitted: 'ctx-' and 16 characters of the context's checksum.",
     )
     documents: Annotated[
         Any, WithJsonSchema(_texts_schema("Texts to fit the context on (N are sampled).", None))
@@ -234,9 +234,17 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+_FINGERPRINT = "The recipe: the model and the minicorpus texts in order (or the given numbers)."
+_CHECKSUM = (
+    "The exact numbers: two fits of one recipe (say float32 and bfloat16) share a fingerprint "
+    "but not a checksum. Record it with stored vectors."
+)
+
+
 class ContextRef(BaseModel):
     id: str
-    fingerprint: str
+    fingerprint: str = Field(description=_FINGERPRINT)
+    checksum: str = Field(description=_CHECKSUM)
     kind: str
 
 
@@ -253,14 +261,18 @@ class ContextInfo(BaseModel):
     object: Literal["context"]
     id: str
     usable: Literal[True]
-    fingerprint: str
+    fingerprint: str = Field(description=_FINGERPRINT)
+    checksum: str = Field(description=_CHECKSUM)
     kind: str
     model: str
     model_fingerprint: str
+    model_revision: str | None = Field(description="Hub commit of the model; null: a folder.")
+    backbone_revision: str | None = Field(description="Hub commit of the backbone's files.")
     size: int
     dim: int
     seed: int | None
     source_size: int | None
+    fit_dtype: str | None = Field(description="The dtype the context was fitted in.")
     unique_documents: int | None
     sample: list[str]
     created_at: str
@@ -292,6 +304,8 @@ class ModelInfo(BaseModel):
     root: str
     aliases: list[str]
     fingerprint: str
+    revision: str | None = Field(description="The hub commit loaded; null: a local folder.")
+    backbone_revision: str | None = Field(description="The backbone's hub commit.")
     dimensions: int
     corpus_size: int
     max_input_tokens: int

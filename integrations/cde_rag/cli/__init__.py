@@ -24,16 +24,18 @@ from typing import NoReturn
 
 from ..errors import CDEError
 from ._common import UsageError, preflight
+from ._text import terminal_safe
 
 COMMANDS = ("index", "query", "load", "context", "serve", "demo", "bench", "eval")
 DEBUG_ENV = "CDE_RAG_DEBUG"
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, plus "did you mean ...?" for a mistyped command or option."""
+    """argparse, plus "did you mean ...?" for a mistyped command or option; what the message
+    quotes from the command line is printed escaped (`_text`)."""
 
     def error(self, message: str) -> NoReturn:
-        super().error(message + suggestion(self, message))
+        super().error(terminal_safe(message + suggestion(self, message)))
 
 
 def suggestion(parser: argparse.ArgumentParser, message: str) -> str:
@@ -110,6 +112,11 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The error on one line, with the paths, texts and URLs it quotes made terminal-safe."""
+    return terminal_safe(_message(exc))
+
+
+def _message(exc: BaseException) -> str:
     if isinstance(exc, ModuleNotFoundError):
         return (
             f"missing package {exc.name!r}; install the extras this command needs, e.g. "

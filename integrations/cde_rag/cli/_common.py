@@ -23,6 +23,7 @@ from ..context import DEFAULT_SEED
 from ..documents import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, check_chunk_sizes
 from ..errors import CDEError
 from ..paths import data_dir
+from ._text import terminal_safe
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -309,7 +310,8 @@ def _bind_error(host: str, port: int) -> OSError | None:
 
 
 class _LineHandler(logging.Handler):
-    """Log records as lines on stderr, written between progress-bar updates (tqdm.write)."""
+    """Log records as lines on stderr, written between progress-bar updates (tqdm.write), with
+    the names they quote (a dataset folder, a baseline) made terminal-safe."""
 
     def __init__(self, prefix: str):
         super().__init__(logging.INFO)
@@ -318,7 +320,7 @@ class _LineHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(f"{self.prefix}: {record.getMessage()}", file=sys.stderr)
+        tqdm.write(f"{self.prefix}: {terminal_safe(record.getMessage())}", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    add_chunking_arguments,
     add_model_arguments,
     add_store_arguments,
     describe_store,
@@ -37,9 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to fit on")
     fit.add_argument("-o", "--output", type=Path, required=True, help="context file to write")
     add_model_arguments(fit)
-    fit.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
-    fit.add_argument("--chunk-size", type=int, default=1000, help="(default 1000)")
-    fit.add_argument("--chunk-overlap", type=int, default=150, help="(default 150)")
+    add_chunking_arguments(fit)
     fit.add_argument("--force", action="store_true", help="overwrite an existing output file")
     fit.set_defaults(action_run=_fit)
 

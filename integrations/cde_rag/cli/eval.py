@@ -14,6 +14,7 @@ from typing import Any
 
 from ..context import DEFAULT_SEED
 from ._common import UsageError, add_model_arguments, load_model, phase_lines, positive_int
+from ._text import terminal_safe
 
 HELP = "measure retrieval quality (nDCG, recall, MRR) on a BEIR-format dataset"
 SAMPLE_DATASET = "26 documents, 12 queries"
@@ -132,8 +133,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     log.info("writing the report to %s", output)
     paths = report.write(output)
-    print(report.table())
-    print(f"\nReport: {paths['json']}\nPlot:   {paths['plot']}")
+    # Dataset, baseline and model names come from outside: each line is printed escaped.
+    lines = [*report.table().splitlines(), "", f"Report: {paths['json']}"]
+    print("\n".join(terminal_safe(line) for line in [*lines, f"Plot:   {paths['plot']}"]))
     return 0
 
 
