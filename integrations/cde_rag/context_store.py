@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import errors
 from .context import CorpusContext
 from .errors import CDEError, ContextError
 
@@ -61,7 +62,7 @@ class ContextStorageError(ContextStoreError, OSError):
     """The file system refused to store a context (permissions, read-only, I/O error)."""
 
 
-class StorageFullError(ContextStorageError):
+class StorageFullError(ContextStorageError, errors.StorageFullError):
     """No space left (or quota exceeded) where a context was being written."""
 
 
