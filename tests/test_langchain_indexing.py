@@ -5,44 +5,24 @@ stored vectors are the engine's with the collection's context."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import chromadb
 import numpy as np
 import pytest
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
+from framework_sync import RecordingEmbeddings, chroma_client, run_later
 from langchain_chroma import Chroma
 from langchain_classic.indexes import SQLRecordManager
 from langchain_core.documents import Document
 from langchain_core.indexing import index
 from langchain_text_splitters import RecursiveCharacterTextSplitter
-from pydantic import PrivateAttr
 
 from cde_rag.chroma import create_collection, get_context, open_collection, rebuild_collection
-from cde_rag.langchain import CDEEmbeddings
 
-HERE = Path(__file__).parent
 SPLITTER = RecursiveCharacterTextSplitter(chunk_size=60, chunk_overlap=0)
-
-
-class CountingEmbeddings(CDEEmbeddings):
-    """The real adapter, recording every text LangChain hands it to embed."""
-
-    _embedded: list[str] = PrivateAttr(default_factory=list)
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        self._embedded.extend(texts)
-        return super().embed_documents(texts)
-
-    def take(self) -> list[str]:
-        taken, self._embedded = self._embedded, []
-        return taken
 
 
 def files(
@@ -93,7 +73,7 @@ class Indexed:
     client: ClientAPI
     col: Collection
     manager: SQLRecordManager
-    embeddings: CountingEmbeddings = field(init=False)
+    embeddings: RecordingEmbeddings = field(init=False)
     store: Chroma = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,7 +82,7 @@ class Indexed:
     def reopen(self, col: Collection) -> None:
         """Embeddings and store from the collection as it is stored now (its context)."""
         self.col = col
-        self.embeddings = CountingEmbeddings.from_chroma(col)
+        self.embeddings = RecordingEmbeddings.from_chroma(col)
         self.store = Chroma(
             client=self.client,
             collection_name=col.name,
@@ -131,9 +111,7 @@ def record_manager(folder: str | Path) -> SQLRecordManager:
 
 @pytest.fixture
 def lib(tmp_path, tiny_model, golden):
-    client = chromadb.PersistentClient(
-        str(tmp_path / "db"), settings=chromadb.Settings(anonymized_telemetry=False)
-    )
+    client = chroma_client(tmp_path)
     corpus = [c.page_content for c in files(golden, large=True)]
     col = create_collection(client, "docs", model=tiny_model, corpus=corpus)
     yield Indexed(client, col, record_manager(tmp_path))
@@ -145,7 +123,7 @@ def test_incremental_replaces_edited_files_and_embeds_only_them(lib, tiny_model,
     context = get_context(lib.col)
     first = lib.sync(chunks, "incremental")
     assert first == {"num_added": len(chunks), "num_updated": 0, "num_skipped": 0, "num_deleted": 0}
-    assert sorted(lib.embeddings.take()) == sorted(c.page_content for c in chunks)
+    assert sorted(lib.embeddings.recorded.take()) == sorted(c.page_content for c in chunks)
     assert stored(lib.col) == expected(chunks)
     assert_engine_vectors(lib.col, tiny_model)
 
@@ -156,7 +134,9 @@ def test_incremental_replaces_edited_files_and_embeds_only_them(lib, tiny_model,
     again = lib.sync(edited, "incremental")
     assert again["num_added"] == len(new) and again["num_deleted"] == len(old)
     assert again["num_skipped"] == len(chunks) - len(old)
-    assert sorted(lib.embeddings.take()) == sorted(c.page_content for c in new)  # nothing else
+    assert sorted(lib.embeddings.recorded.take()) == sorted(
+        c.page_content for c in new
+    )  # nothing else
     assert stored(lib.col) == expected(edited)  # no chunk of the old file2 remains
     assert_engine_vectors(lib.col, tiny_model)
     assert get_context(lib.col) == context  # the collection keeps the context it was fitted with
@@ -168,7 +148,7 @@ def test_incremental_replaces_edited_files_and_embeds_only_them(lib, tiny_model,
         "num_skipped": len(edited),
         "num_deleted": 0,
     }
-    assert lib.embeddings.take() == []
+    assert lib.embeddings.recorded.take() == []
     # cde-rag's own query (the collection's function) finds the chunks LangChain added.
     assert lib.col.query(query_texts=[new[0].page_content], n_results=1)["documents"] == [
         [new[0].page_content]
@@ -178,7 +158,7 @@ def test_incremental_replaces_edited_files_and_embeds_only_them(lib, tiny_model,
 def test_a_deleted_file_goes_with_full_cleanup(lib, tiny_model, golden):
     chunks = files(golden)
     lib.sync(chunks, "incremental")
-    lib.embeddings.take()
+    lib.embeddings.recorded.take()
 
     # Incremental cleanup only replaces the sources it is handed: a file that is gone stays.
     remaining = files(golden, drop=("file5.txt",))
@@ -191,7 +171,7 @@ def test_a_deleted_file_goes_with_full_cleanup(lib, tiny_model, golden):
     result = lib.sync(edited, "full")
     assert result["num_added"] == 1 and result["num_deleted"] == len(old)
     assert result["num_skipped"] == len(edited) - 1
-    assert lib.embeddings.take() == ["Only this file changed."]
+    assert lib.embeddings.recorded.take() == ["Only this file changed."]
     assert stored(lib.col) == expected(edited)
     assert set(lib.manager.list_keys()) == set(lib.col.get()["ids"])  # records and vectors agree
     assert_engine_vectors(lib.col, tiny_model)
@@ -200,17 +180,17 @@ def test_a_deleted_file_goes_with_full_cleanup(lib, tiny_model, golden):
 RERUN = textwrap.dedent(
     """
     import json, sys
-    import chromadb
     from langchain_core.documents import Document
     from cde_rag.chroma import open_collection
+    from framework_sync import chroma_client
     from test_langchain_indexing import Indexed, record_manager
 
     folder, chunks = sys.argv[1], json.loads(sys.argv[2])
-    client = chromadb.PersistentClient(folder + "/db")
+    client = chroma_client(folder)
     lib = Indexed(client, open_collection(client, "docs"), record_manager(folder))
     docs = [Document(page_content=t, metadata={"source": s}) for t, s in chunks]
     result = lib.sync(docs, "full")
-    print(json.dumps({"result": result, "embedded": lib.embeddings.take()}))
+    print(json.dumps({"result": result, "embedded": lib.embeddings.recorded.take()}))
     """
 )
 
@@ -222,15 +202,7 @@ def test_a_later_process_embeds_only_what_changed(lib, tmp_path, tiny_model, gol
 
     edited = files(golden, edit={"file0.txt": "The first file, edited between the two runs."})
     payload = json.dumps([[c.page_content, c.metadata["source"]] for c in edited])
-    done = subprocess.run(
-        [sys.executable, "-c", RERUN, str(tmp_path), payload],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONPATH": str(HERE)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.splitlines()[-1])
+    out = run_later(RERUN, str(tmp_path), payload)
     old = [c for c in chunks if c.metadata["source"] == "file0.txt"]
     assert out["embedded"] == ["The first file, edited between the two runs."]
     assert out["result"] == {
@@ -239,10 +211,7 @@ def test_a_later_process_embeds_only_what_changed(lib, tmp_path, tiny_model, gol
         "num_skipped": len(edited) - 1,
         "num_deleted": len(old),
     }
-    client = chromadb.PersistentClient(
-        str(tmp_path / "db"), settings=chromadb.Settings(anonymized_telemetry=False)
-    )
-    reopened = open_collection(client, "docs")
+    reopened = open_collection(chroma_client(tmp_path), "docs")
     assert stored(reopened) == expected(edited)
     assert_engine_vectors(reopened, tiny_model)
 
@@ -255,13 +224,15 @@ def test_a_file_larger_than_a_batch_needs_scoped_full(lib, golden):
     big = [c for c in chunks if c.metadata["source"] == "file10.txt"]
     assert len(big) > 100  # more than one batch of the default batch_size
     lib.sync(chunks, "scoped_full")
-    assert len(lib.embeddings.take()) == len(chunks)
+    assert len(lib.embeddings.recorded.take()) == len(chunks)
 
     again = lib.sync(chunks, "scoped_full")
-    assert again["num_skipped"] == len(chunks) and lib.embeddings.take() == []
+    assert again["num_skipped"] == len(chunks) and lib.embeddings.recorded.take() == []
     incremental = lib.sync(chunks, "incremental")
     assert 0 < incremental["num_deleted"] == incremental["num_added"] < len(big)
-    assert len(lib.embeddings.take()) == incremental["num_added"]  # embedded again for nothing
+    assert (
+        len(lib.embeddings.recorded.take()) == incremental["num_added"]
+    )  # embedded again for nothing
     assert stored(lib.col) == expected(chunks)
 
 
@@ -277,6 +248,6 @@ def test_after_a_refit_the_records_still_match_the_collection(lib, tiny_model, g
     assert lib.sync(chunks, "full")["num_skipped"] == len(chunks)
     edited = files(golden, edit={"file3.txt": "Written after the refit."})
     lib.sync(edited, "full")
-    assert lib.embeddings.take() == ["Written after the refit."]
+    assert lib.embeddings.recorded.take() == ["Written after the refit."]
     assert stored(lib.col) == expected(edited)
     assert_engine_vectors(open_collection(lib.client, "docs"), tiny_model)

@@ -5,15 +5,11 @@ context stays the one fitted, in this process and in a later one."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-import chromadb
 import numpy as np
 import pytest
+from framework_sync import RecordingEmbedding, chroma_client, run_later
 from llama_index.core import Document
 from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
 from llama_index.core.node_parser import SentenceSplitter
@@ -22,27 +18,11 @@ from llama_index.core.storage.docstore import SimpleDocumentStore
 from llama_index.core.vector_stores import SimpleVectorStore
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from llama_index.vector_stores.chroma import ChromaVectorStore
-from pydantic import PrivateAttr
 
 from cde_rag.chroma import create_collection, get_context, open_collection, rebuild_collection
-from cde_rag.llama_index import CDEContextFit, CDEEmbedding
+from cde_rag.llama_index import CDEContextFit
 
-HERE = Path(__file__).parent
 SPLITTER = {"chunk_size": 64, "chunk_overlap": 0}
-
-
-class CountingEmbedding(CDEEmbedding):
-    """The real adapter, recording every text LlamaIndex hands it to embed."""
-
-    _embedded: list[str] = PrivateAttr(default_factory=list)
-
-    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        self._embedded.extend(texts)
-        return super()._get_text_embeddings(texts)
-
-    def take(self) -> list[str]:
-        taken, self._embedded = self._embedded, []
-        return taken
 
 
 def files(
@@ -102,9 +82,9 @@ def changed_chunks(before, after) -> list[str]:
     )
 
 
-def chroma_pipeline(col, docstore) -> tuple[IngestionPipeline, CountingEmbedding]:
+def chroma_pipeline(col, docstore) -> tuple[IngestionPipeline, RecordingEmbedding]:
     """A pipeline writing to a cde-rag collection, embedding with the collection's context."""
-    embed_model = CountingEmbedding.from_chroma(col)
+    embed_model = RecordingEmbedding.from_chroma(col)
     pipeline = IngestionPipeline(
         transformations=[SentenceSplitter(**SPLITTER), embed_model],
         docstore=docstore,
@@ -112,12 +92,6 @@ def chroma_pipeline(col, docstore) -> tuple[IngestionPipeline, CountingEmbedding
         docstore_strategy=DocstoreStrategy.UPSERTS_AND_DELETE,
     )
     return pipeline, embed_model
-
-
-def chroma_client(folder: str | Path):
-    return chromadb.PersistentClient(
-        str(Path(folder) / "db"), settings=chromadb.Settings(anonymized_telemetry=False)
-    )
 
 
 @pytest.fixture
@@ -134,7 +108,9 @@ def test_chroma_collection_follows_edits_and_deletions(client, tiny_model, golde
     pipeline, embed_model = chroma_pipeline(col, SimpleDocumentStore())
     pipeline.run(documents=docs)
     expected = chunks_of(docs)
-    assert sorted(embed_model.take()) == sorted(t for texts in expected.values() for t in texts)
+    assert sorted(embed_model.recorded.take()) == sorted(
+        t for texts in expected.values() for t in texts
+    )
     stored, texts, vectors = chroma_chunks(col)
     assert stored == expected
     np.testing.assert_allclose(
@@ -148,7 +124,9 @@ def test_chroma_collection_follows_edits_and_deletions(client, tiny_model, golde
     )
     pipeline.run(documents=edited)
     after = chunks_of(edited)
-    assert sorted(embed_model.take()) == changed_chunks(expected, after)  # nothing unchanged
+    assert sorted(embed_model.recorded.take()) == changed_chunks(
+        expected, after
+    )  # nothing unchanged
     stored, texts, vectors = chroma_chunks(col)
     assert stored == after  # no chunk of the old file2 or of file5 remains
     np.testing.assert_allclose(
@@ -158,7 +136,7 @@ def test_chroma_collection_follows_edits_and_deletions(client, tiny_model, golde
     assert sorted(pipeline.docstore.get_all_document_hashes().values()) == sorted(after)
 
     pipeline.run(documents=edited)
-    assert embed_model.take() == []  # unchanged documents are not embedded again
+    assert embed_model.recorded.take() == []  # unchanged documents are not embedded again
     assert chroma_chunks(col)[0] == after
 
 
@@ -192,12 +170,12 @@ def test_after_a_refit_the_docstore_still_matches_the_collection(
     pipeline, embed_model = chroma_pipeline(rebuilt, docstore)  # from_chroma: the new context
     assert embed_model.context == get_context(rebuilt)
     pipeline.run(documents=docs)
-    assert embed_model.take() == []
+    assert embed_model.recorded.take() == []
     edited = files(
         golden, edit={"file6.txt": "Written after the refit."}, embed_metadata=embed_metadata
     )
     pipeline.run(documents=edited)
-    assert embed_model.take() == [text for _, text in embedded_chunks(edited[6:7])]
+    assert embed_model.recorded.take() == [text for _, text in embedded_chunks(edited[6:7])]
     stored, texts, vectors = chroma_chunks(open_collection(client, "docs"))
     assert stored == chunks_of(edited)
     np.testing.assert_allclose(
@@ -210,7 +188,8 @@ RERUN = textwrap.dedent(
     import json, sys
     from llama_index.core import Document
     from cde_rag.chroma import open_collection
-    from test_llama_index_ingestion import chroma_client, chroma_pipeline
+    from framework_sync import chroma_client
+    from test_llama_index_ingestion import chroma_pipeline
 
     folder, docs = sys.argv[1], json.loads(sys.argv[2])
     client = chroma_client(folder)
@@ -218,7 +197,7 @@ RERUN = textwrap.dedent(
     pipeline, embed_model = chroma_pipeline(col, None)
     pipeline.load(folder + "/pipeline")
     pipeline.run(documents=[Document(text=t, id_=n, metadata={"file_name": n}) for n, t in docs])
-    print(json.dumps({"embedded": embed_model.take(), "fingerprint": embed_model.context_fingerprint}))
+    print(json.dumps({"embedded": embed_model.recorded.take(), "fingerprint": embed_model.context_fingerprint}))
     """
 )
 
@@ -233,15 +212,7 @@ def test_a_later_process_embeds_only_what_changed(tmp_path, client, tiny_model, 
 
     edited = files(golden, edit={"file0.txt": "Edited between the two runs."}, drop=("file1.txt",))
     payload = json.dumps([[d.id_, d.text] for d in edited])
-    done = subprocess.run(
-        [sys.executable, "-c", RERUN, str(tmp_path), payload],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONPATH": str(HERE)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.splitlines()[-1])
+    out = run_later(RERUN, str(tmp_path), payload)
     assert out["embedded"] == ["file_name: file0.txt\n\nEdited between the two runs."]
     reopened = open_collection(chroma_client(tmp_path), "docs")
     assert out["fingerprint"] == get_context(reopened).fingerprint
@@ -256,7 +227,7 @@ def test_context_fitted_by_the_pipeline_stays_across_runs(tmp_path, tiny_model, 
     """Without a cde-rag collection: `CDEContextFit` fits on the first run's chunks; later runs
     see only new and changed documents, and embed them with that same context."""
     context_path = tmp_path / "context.safetensors"
-    embed_model = CountingEmbedding(model=tiny_model)
+    embed_model = RecordingEmbedding(model=tiny_model)
     vector_store = SimpleVectorStore()
     pipeline = IngestionPipeline(
         transformations=[
@@ -272,13 +243,13 @@ def test_context_fitted_by_the_pipeline_stays_across_runs(tmp_path, tiny_model, 
     pipeline.run(documents=docs)
     all_chunks = [text for _, text in embedded_chunks(docs)]
     assert embed_model.context == tiny_model.fit_context(all_chunks)  # on every chunk
-    assert embed_model.take() == all_chunks
+    assert embed_model.recorded.take() == all_chunks
 
     edited = files(golden, edit={"file3.txt": "Only this one changed."}, drop=("file4.txt",))
     context = embed_model.context
     pipeline.run(documents=edited)
     assert embed_model.context is context  # not refitted on the one changed document
-    assert embed_model.take() == ["file_name: file3.txt\n\nOnly this one changed."]
+    assert embed_model.recorded.take() == ["file_name: file3.txt\n\nOnly this one changed."]
     data = vector_store.data
     assert sorted(set(data.text_id_to_ref_doc_id.values())) == sorted(d.id_ for d in edited)
     assert len(data.embedding_dict) == sum(len(t) for t in chunks_of(edited).values())
@@ -293,6 +264,6 @@ def test_context_fitted_by_the_pipeline_stays_across_runs(tmp_path, tiny_model, 
 
     # A new process (a new model) restores the context from context_path: no refit on the
     # few documents a docstore lets through.
-    later = CountingEmbedding(model=tiny_model)
+    later = RecordingEmbedding(model=tiny_model)
     CDEContextFit(later, context_path=str(context_path))
     assert later.context == context
