@@ -94,6 +94,10 @@ def test_langchain_fit_leaves_empty_texts_out_of_the_context(tiny_model, texts, 
     with pytest.warns(EmptyTextWarning, match=r"2 of 8 .*left out of the context"):
         embeddings = CDEEmbeddings(model=tiny_model, corpus=corpus)
     assert embeddings.context == context  # as if they were never there
+    with pytest.warns(EmptyTextWarning, match="1 of 7") as caught:
+        embeddings.fit([*texts, ""])
+    assert caught[0].filename == __file__  # points at the caller's fit()
+    assert embeddings.context == context
     with pytest.raises(InputError, match="no text to fit on"):
         embeddings.fit(["", "  "])
     assert embeddings.context == context  # a failed fit keeps the context

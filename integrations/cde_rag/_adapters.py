@@ -35,8 +35,8 @@ class StaleVectorsWarning(UserWarning):
 
 
 class EmptyTextWarning(UserWarning):
-    """A framework handed over empty texts: they were dropped, left out, or embedded as the
-    model embeds them (the document prefix alone)."""
+    """A framework handed over empty texts: they were dropped, left out of a context, or
+    embedded as the model embeds them, into a vector with no content."""
 
 
 def load_model(
@@ -121,6 +121,7 @@ def shown(items: list, limit: int = 10) -> str:
 
 
 def _corpus_with_text(corpus: list[str]) -> list[str]:
+    """The texts of `corpus` a context may be fitted on: all but the empty ones."""
     kept = [text for text in corpus if text.strip()]
     if len(kept) == len(corpus):
         return corpus
@@ -134,7 +135,7 @@ def _corpus_with_text(corpus: list[str]) -> list[str]:
         "and were left out of the context (they say nothing about the corpus). The context is "
         f"fitted on the other {len(kept)}.",
         EmptyTextWarning,
-        stacklevel=5,
+        stacklevel=4,  # the caller of the adapter's fit()
     )
     return kept
 

@@ -74,8 +74,7 @@ class CDEEmbedding(ContextMixin, BaseEmbedding):
     Empty chunks never abort an ingestion. As a pipeline step it drops them with an
     `EmptyTextWarning`; the embedding calls, which must return one vector per text, give an
     empty text what the model gives it (for "", the document prefix alone) with the same
-    warning. An
-    empty query is refused.
+    warning. An empty query is refused.
     """
 
     model_name: str = Field(
@@ -215,8 +214,8 @@ class CDEContextFit(TransformComponent):
     were made with. Chunks with nothing to embed are dropped here, with an `EmptyTextWarning`,
     so they neither enter the context nor reach the vector store.
 
-    With `context_path`, the context is saved there after fitting and restored
-    from there by a new process, even when the IngestionCache skips this step.
+    With `context_path`, the context is saved there after fitting and restored from there by a
+    new process, even when the IngestionCache skips this step.
     """
 
     embed_model: CDEEmbedding = Field(description="The embedding model whose context to fit.")
@@ -297,15 +296,16 @@ def _embedded_text(node: BaseNode) -> str:
 def _with_text(nodes: Sequence[BaseNode], step: str) -> list[BaseNode]:
     """The nodes with something to embed (text or embed metadata), as LlamaIndex's own
     VectorStoreIndex keeps them; the others are dropped with a warning naming their documents."""
-    kept = [node for node in nodes if _embedded_text(node).strip()]
-    if len(kept) < len(nodes):
-        empty = [node for node in nodes if not _embedded_text(node).strip()]
+    kept: list[BaseNode] = []
+    empty: list[BaseNode] = []
+    for node in nodes:
+        (kept if _embedded_text(node).strip() else empty).append(node)
+    if empty:
         documents = sorted({node.ref_doc_id or node.node_id for node in empty})
         warnings.warn(
             f"{step} dropped {len(empty)} of {len(nodes)} chunks that have no text, from "
-            f"documents {shown(documents)}: "
-            "an empty chunk has nothing to embed, and its vector would match unrelated queries. "
-            "The other chunks are indexed as usual.",
+            f"documents {shown(documents)}: an empty chunk has nothing to embed, and its vector "
+            "would match unrelated queries. The other chunks are indexed as usual.",
             EmptyTextWarning,
             stacklevel=2,
         )
