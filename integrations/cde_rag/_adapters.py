@@ -34,6 +34,11 @@ class StaleVectorsWarning(UserWarning):
     """The context changed after documents were embedded: their stored vectors are now stale."""
 
 
+class EmptyTextWarning(UserWarning):
+    """A framework handed over empty texts: they were dropped, left out of a context, or
+    embedded as the model embeds them, into a vector with no content."""
+
+
 def load_model(
     model: str | os.PathLike | CDEModel,
     *,
@@ -86,17 +91,53 @@ def require_text(text: object, what: str = "query") -> str:
     return text
 
 
-def require_texts(texts: object, what: str = "texts") -> list[str]:
-    """A list of non-empty strings: an empty text gets a vector that means nothing and would
-    match arbitrary queries, so it is refused rather than stored."""
+def document_texts(texts: object, remedy: str, what: str = "texts") -> list[str]:
+    """Texts to embed as documents, one vector each: frameworks pair vectors with texts.
+
+    An empty or whitespace-only text gets what the model gives it (for "", the vector of the
+    document prefix alone), with an `EmptyTextWarning` that ends with `remedy`. Refusing it
+    would abort a whole ingestion over one empty chunk, and a zero vector would break cosine
+    stores; but such a vector carries no content and can match unrelated queries, hence the
+    warning.
+    """
     items = check_texts(texts, what)
-    for i, text in enumerate(items):
-        if not text.strip():
-            raise InputError(
-                f"{what}[{i}] is empty or whitespace only. Drop empty chunks before embedding "
-                "(nothing was embedded or stored)."
-            )
+    empty = [i for i, text in enumerate(items) if not text.strip()]
+    if empty:
+        warnings.warn(
+            f"{len(empty)} of {len(items)} {what} are empty or whitespace only (positions "
+            f"{shown(empty)}). They were embedded as the model embeds them, little more than the "
+            "document prefix: such a vector carries no content and can match unrelated queries. "
+            f"{remedy}",
+            EmptyTextWarning,
+            stacklevel=3,
+        )
     return items
+
+
+def shown(items: list, limit: int = 10) -> str:
+    """The first `limit` items for a message, and how many more there are."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{items[:limit]}{more}"
+
+
+def _corpus_with_text(corpus: list[str]) -> list[str]:
+    """The texts of `corpus` a context may be fitted on: all but the empty ones."""
+    kept = [text for text in corpus if text.strip()]
+    if len(kept) == len(corpus):
+        return corpus
+    if not kept:
+        raise InputError(
+            f"The corpus has no text to fit on: all its {len(corpus)} items are empty or "
+            "whitespace only. Pass the documents you will index."
+        )
+    warnings.warn(
+        f"{len(corpus) - len(kept)} of {len(corpus)} corpus texts are empty or whitespace only "
+        "and were left out of the context (they say nothing about the corpus). The context is "
+        f"fitted on the other {len(kept)}.",
+        EmptyTextWarning,
+        stacklevel=4,  # the caller of the adapter's fit()
+    )
+    return kept
 
 
 class ContextHolder:
@@ -152,8 +193,11 @@ class ContextHolder:
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> CorpusContext:
-        """Fit on the whole corpus (sampling the model's N documents) and use the result."""
-        texts = require_texts(corpus, "corpus")
+        """Fit on the whole corpus (sampling the model's N documents) and use the result.
+
+        Empty texts are left out, with a warning: they say nothing about the corpus, and each
+        would take one of the context's N slots."""
+        texts = _corpus_with_text(check_texts(corpus, "corpus"))
         context = self.model.fit_context(
             texts, seed=seed, batch_size=batch_size, show_progress=show_progress
         )

@@ -34,19 +34,23 @@ from ._adapters import (
     ContextHolder,
     ContextMixin,
     ContextSource,
+    EmptyTextWarning,
     StaleVectorsWarning,
     check_fixed_prefix,
     corpus_texts,
+    document_texts,
     load_model,
     require_text,
-    require_texts,
 )
 from .context import DEFAULT_SEED
 from .model import CDEModel
 from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
 
-__all__ = ["CDEEmbeddings", "StaleVectorsWarning"]
+__all__ = ["CDEEmbeddings", "EmptyTextWarning", "StaleVectorsWarning"]
 
+_DROP_EMPTY = (
+    "Drop empty documents before adding them: [doc for doc in docs if doc.page_content.strip()]."
+)
 _MODEL_KWARGS = ("revision", "device", "dtype", "token")
 _ENCODE_KWARGS = ("batch_size", "show_progress")
 # Settings that are both a field and a key of model_kwargs / encode_kwargs: one value each.
@@ -69,6 +73,11 @@ class CDEEmbeddings(ContextMixin, BaseModel, Embeddings):
     in `encode_kwargs`; `device`, `dtype`, `batch_size` and `show_progress` are also fields.
     Each setting has one value: give it either way, and giving it both ways with two different
     values is an error (nothing silently wins).
+
+    Empty texts never abort an ingestion: `embed_documents` must return one vector per text, so
+    an empty one gets what the model gives it (for "", the document prefix alone) with an
+    `EmptyTextWarning`, and a corpus leaves its empty texts out of the context. An empty query
+    is refused.
     """
 
     model_config = ConfigDict(
@@ -162,8 +171,10 @@ class CDEEmbeddings(ContextMixin, BaseModel, Embeddings):
     # -- embedding ---------------------------------------------------------------------------
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text, as LangChain requires; an empty text gets what the model gives
+        it, with an `EmptyTextWarning` (see `_adapters.document_texts`)."""
         vectors = self._holder.embed(
-            require_texts(texts),
+            document_texts(texts, _DROP_EMPTY),
             "document",
             batch_size=self._batch_size,
             show_progress=self._show_progress,

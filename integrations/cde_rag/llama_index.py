@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,25 +34,32 @@ from ._adapters import (
     ContextHolder,
     ContextMixin,
     ContextSource,
+    EmptyTextWarning,
     StaleVectorsWarning,
     check_fixed_prefix,
     corpus_texts,
+    document_texts,
     load_model,
     require_text,
-    require_texts,
+    shown,
 )
 from .context import DEFAULT_SEED, CorpusContext
 from .errors import ContextMismatchError
 from .model import CDEModel, InputType
 from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
 
-__all__ = ["CDEContextFit", "CDEEmbedding", "StaleVectorsWarning"]
+__all__ = ["CDEContextFit", "CDEEmbedding", "EmptyTextWarning", "StaleVectorsWarning"]
 
 _NO_PROCESSES = (
     "cannot be sent to worker processes (IngestionPipeline.run(num_workers=...) > 1): each "
     "worker would load its own model and see only its share of the chunks, so the context "
     "would be fitted on part of the corpus. Run the pipeline with num_workers=None; the "
     "embedding step is batched already."
+)
+
+_DROP_EMPTY = (
+    "Drop nodes with no text before inserting them, or run them through an IngestionPipeline "
+    "with the embed model (or CDEContextFit) as a step, which drops them."
 )
 
 
@@ -62,6 +70,11 @@ class CDEEmbedding(ContextMixin, BaseEmbedding):
     context file), `fallback=True`, or put `CDEContextFit(embed_model)` in the transformations.
     Without one, embedding raises `NotFittedError`: LlamaIndex embeds in batches, and fitting
     on the first batch would silently use part of the corpus.
+
+    Empty chunks never abort an ingestion. As a pipeline step it drops them with an
+    `EmptyTextWarning`; the embedding calls, which must return one vector per text, give an
+    empty text what the model gives it (for "", the document prefix alone) with the same
+    warning. An empty query is refused.
     """
 
     model_name: str = Field(
@@ -165,10 +178,17 @@ class CDEEmbedding(ContextMixin, BaseEmbedding):
         return self._embed([require_text(query)], "query")[0]
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return self._embed([require_text(text, "text")], "document")[0]
+        return self._embed(document_texts([text], _DROP_EMPTY), "document")[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._embed(require_texts(texts), "document")
+        return self._embed(document_texts(texts, _DROP_EMPTY), "document")
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        """As a pipeline step: embed the chunks, dropping those with nothing to embed."""
+        return super().__call__(_with_text(nodes, "CDEEmbedding"), **kwargs)
+
+    async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        return await super().acall(_with_text(nodes, "CDEEmbedding"), **kwargs)
 
     # The base class would run async calls on the event loop, one text at a time; run whole
     # batches in a worker thread instead (the model is thread-safe).
@@ -191,8 +211,11 @@ class CDEContextFit(TransformComponent):
 
     Put it after the splitter and before the embed model. It fits only while the model has no
     context (or with `refit=True`), so incremental inserts keep the context the stored vectors
-    were made with. With `context_path`, the context is saved there after fitting and restored
-    from there by a new process, even when the IngestionCache skips this step.
+    were made with. Chunks with nothing to embed are dropped here, with an `EmptyTextWarning`,
+    so they neither enter the context nor reach the vector store.
+
+    With `context_path`, the context is saved there after fitting and restored from there by a
+    new process, even when the IngestionCache skips this step.
     """
 
     embed_model: CDEEmbedding = Field(description="The embedding model whose context to fit.")
@@ -223,6 +246,7 @@ class CDEContextFit(TransformComponent):
         return f"keep-{fingerprint}"
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        nodes = _with_text(nodes, "CDEContextFit")
         if not nodes or (self.embed_model.is_fitted and not self.refit):
             return nodes
         saved = None if self.refit else self._saved()
@@ -267,3 +291,22 @@ class CDEContextFit(TransformComponent):
 
 def _embedded_text(node: BaseNode) -> str:
     return node.get_content(metadata_mode=MetadataMode.EMBED)
+
+
+def _with_text(nodes: Sequence[BaseNode], step: str) -> list[BaseNode]:
+    """The nodes with something to embed (text or embed metadata), as LlamaIndex's own
+    VectorStoreIndex keeps them; the others are dropped with a warning naming their documents."""
+    kept: list[BaseNode] = []
+    empty: list[BaseNode] = []
+    for node in nodes:
+        (kept if _embedded_text(node).strip() else empty).append(node)
+    if empty:
+        documents = sorted({node.ref_doc_id or node.node_id for node in empty})
+        warnings.warn(
+            f"{step} dropped {len(empty)} of {len(nodes)} chunks that have no text, from "
+            f"documents {shown(documents)}: an empty chunk has nothing to embed, and its vector "
+            "would match unrelated queries. The other chunks are indexed as usual.",
+            EmptyTextWarning,
+            stacklevel=2,
+        )
+    return kept
