@@ -476,7 +476,7 @@ def test_context_ids_are_case_insensitive(open_server, golden):
         ("/v1/contexts", {"documents": ["ok", "   "]}, "documents[1]"),
     ],
 )
-def test_whitespace_only_texts_are_refused_like_the_adapters_refuse_them(
+def test_whitespace_only_texts_are_refused_with_the_item_named(
     open_server, path, body, param
 ):
     error = _error(httpx.post(f"{open_server.url}{path}", json=body), 400)

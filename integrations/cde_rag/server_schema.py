@@ -115,8 +115,9 @@ def check_texts_field(value: Any, param: str = "input", max_items: int | None = 
     """A JSON string or list of strings that each have some non-whitespace character, or a
     `TextsError` naming the first bad item.
 
-    Empty and whitespace-only texts are refused, as the LangChain and LlamaIndex adapters
-    refuse them: their vector is only the prefix's, and would match arbitrary queries.
+    Empty and whitespace-only texts are refused: their vector is only the prefix's and would
+    match arbitrary queries, and an HTTP caller can drop them before sending (the framework
+    adapters, which must return one vector per text, embed them with an EmptyTextWarning).
     """
     single = isinstance(value, str)
 
