@@ -476,9 +476,7 @@ def test_context_ids_are_case_insensitive(open_server, golden):
         ("/v1/contexts", {"documents": ["ok", "   "]}, "documents[1]"),
     ],
 )
-def test_whitespace_only_texts_are_refused_with_the_item_named(
-    open_server, path, body, param
-):
+def test_whitespace_only_texts_are_refused_with_the_item_named(open_server, path, body, param):
     error = _error(httpx.post(f"{open_server.url}{path}", json=body), 400)
     assert error["param"] == param
     assert "whitespace only" in error["message"]
