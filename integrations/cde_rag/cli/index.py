@@ -100,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="progress bars, plain lines (for logs), or nothing (default: bars on a "
         "terminal, lines otherwise)",
     )
+    run_group.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove the chunks of files gone from the folders given (default: keep them and "
+        "list them)",
+    )
     run_group.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         show_progress=style == "bar",
         progress=ProgressLines() if style == "lines" else None,
+        prune=args.prune,
     )
     for path, reason in report.errors:
         print(f"skipped {path}: {reason}", file=sys.stderr)
