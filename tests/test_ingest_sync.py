@@ -110,6 +110,11 @@ def test_a_changed_file_is_replaced_and_gone_files_are_pruned_on_request(
     again = index_paths([docs], client=client, collection="sync", prune=True, **CHUNKING)
     assert (again.added, again.removed, again.skipped, chunked) == (0, 0, len(now), [])
 
+    status = chroma.context_status(chroma.open_collection(client, "sync"), sample=0)
+    assert status.fitted_on == first.chunks and status.records == len(now)
+    assert status.removed == report.removed + pruned.removed
+    assert status.added == report.added
+
 
 def test_prune_looks_only_at_the_folders_given_and_keeps_unreadable_files(
     tmp_path, client, tiny_model
