@@ -153,3 +153,31 @@ def test_ids_held_by_another_source_are_refused_before_any_write(col):
     with pytest.raises(InputError, match="once per call"):
         update_sources(col, [SourceRecords("a.txt", A)], delete=["a.txt"])
     assert col.get(include=["metadatas"]) == before
+
+
+def test_chroma_calls_grow_linearly_with_the_sources(tmp_path, tiny_model, golden):
+    """10x the sources, at most 10x the Chroma round trips (and a re-run of unchanged sources
+    costs the same few reads whatever their number)."""
+
+    def calls(n: int) -> tuple[int, int]:
+        client = chromadb.PersistentClient(str(tmp_path / f"db{n}"), settings=SETTINGS)
+        col = create_collection(client, f"docs{n}", model=tiny_model, corpus=golden["documents"])
+        counted = {"count": 0}
+        for name in ("get", "add", "update", "delete"):
+            real = getattr(col, name)
+
+            def spy(*args, _real=real, **kwargs):
+                counted["count"] += 1
+                return _real(*args, **kwargs)
+
+            setattr(col, name, spy)
+        updates = [SourceRecords(f"s{i}", [f"w{i} a", f"w{i} b", f"w{i} c"]) for i in range(n)]
+        update_sources(col, updates, batch_size=4)
+        first, counted["count"] = counted["count"], 0
+        update_sources(col, updates, batch_size=4)
+        return first, counted["count"]
+
+    small, small_again = calls(4)
+    large, large_again = calls(40)
+    assert large <= 10 * small + 2
+    assert large_again == small_again <= 2
