@@ -60,3 +60,56 @@ def test_eight_threads_match_one_thread(collection, tiny_model, golden):
         np.testing.assert_allclose(hits["distances"], want_hits["distances"], atol=1e-5)
         assert readd.added == 0  # everything was stored already
     assert col.count() == stored_before
+
+
+def test_an_index_run_with_a_cache_leaves_other_users_of_the_model_alone(
+    tmp_path, tiny_path, tiny_context
+):
+    """Issue 16 item 5: the run's embedding cache wraps the shared model; a thread using the
+    model meanwhile keeps its own cache and writes nothing into the run's."""
+    from cde_rag import CDEModel
+    from cde_rag.cache import EmbeddingCache
+    from cde_rag.ingest import index_paths
+
+    model = CDEModel.from_pretrained(tiny_path, device="cpu")  # shared by this "process"
+    own = model.use_embedding_cache(tmp_path / "own.sqlite")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"note{i}.txt").write_text(f"Note {i} about the river bank and its boats. " * 12)
+    questions = [f"a question from elsewhere {i}" for i in range(3)]
+    seen = []
+
+    def other_user() -> None:
+        seen.append(model.embedding_cache)
+        model.embed_queries(questions, context=tiny_context)
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase == "store" and 0 < done < total:  # between two stored batches of the run
+            thread = threading.Thread(target=other_user)
+            thread.start()
+            thread.join()
+
+    client = chromadb.PersistentClient(
+        str(tmp_path / "db"), settings=chromadb.Settings(anonymized_telemetry=False)
+    )
+    report = index_paths(
+        [docs],
+        client=client,
+        collection="cached",
+        model=model,
+        embedding_cache=tmp_path / "run.sqlite",
+        batch_size=4,
+        chunk_size=200,
+        chunk_overlap=20,
+        progress=progress,
+    )
+    assert seen and all(cache is own for cache in seen)
+    assert model.embedding_cache is own
+    run = EmbeddingCache(tmp_path / "run.sqlite")
+    assert len(run) == report.added > 4  # the run's chunks, and nothing of the other user's
+    run.close()
+    namespace = f"{tiny_context.checksum}/float32"  # the model's own cache keys
+    keys = [own.key(namespace, "query", q) for q in questions]
+    assert len(own.get_many(keys, model.dim)) == len(questions)
+    own.close()

@@ -229,7 +229,8 @@ def cli_index(docs: Path, db: Path, tiny_path: str, batch: int = 8) -> list[str]
 
 # A child process indexing as `cde-rag index` does (same collection, cache and chunking), with
 # a progress callback that prints each step as `--progress lines` would and parks at the
-# phases named in argv[4] for argv[5] seconds, so a kill lands exactly there.
+# phases named in argv[4] for argv[5] seconds, so a kill lands exactly there; argv[9] "prune"
+# runs it as `cde-rag index --prune`.
 PARKED_INDEX = """
 import sys, time
 from pathlib import Path
@@ -237,7 +238,7 @@ import chromadb
 from cde_rag.cli.index import CACHE_FILE
 from cde_rag.ingest import index_paths
 
-docs, db, model, phases, seconds, size, overlap, batch = sys.argv[1:]
+docs, db, model, phases, seconds, size, overlap, batch, *prune = sys.argv[1:]
 
 def progress(phase, done, total):
     print(f"{phase} {done}/{total}", file=sys.stderr, flush=True)
@@ -248,18 +249,25 @@ client = chromadb.PersistentClient(db, settings=chromadb.Settings(anonymized_tel
 index_paths(
     [docs], client=client, collection="crash", model=model, chunk_size=int(size),
     chunk_overlap=int(overlap), batch_size=int(batch), embedding_cache=Path(db) / CACHE_FILE,
-    progress=progress,
+    progress=progress, prune=prune == ["prune"],
 )
 """
 
 
 def parked_index(
-    docs: Path, db: Path, tiny_path: str, park: str, seconds: float, batch: int = 8
+    docs: Path,
+    db: Path,
+    tiny_path: str,
+    park: str,
+    seconds: float,
+    batch: int = 8,
+    prune: bool = False,
 ) -> list[str]:
     """The child that indexes like `cli_index`, parking `seconds` at each step of `park`."""
     sizes = [str(CHUNKING["chunk_size"]), str(CHUNKING["chunk_overlap"]), str(batch)]
     paths = [str(docs), str(db), tiny_path]
-    return [sys.executable, "-c", PARKED_INDEX, *paths, park, str(seconds), *sizes]
+    flags = ["prune"] if prune else []
+    return [sys.executable, "-c", PARKED_INDEX, *paths, park, str(seconds), *sizes, *flags]
 
 
 def run_and_kill(cmd: list[str], kill_when, *, delay: float = 0.0, timeout: float = 180):
@@ -372,3 +380,104 @@ def test_kill_9_at_several_points_then_rerun(tmp_path, tiny_path):
         assert (report.added, report.skipped, report.context) == (0, total, context)
     finally:
         client.clear_system_cache()
+
+
+# -- kill -9 while syncing changed and deleted files, then rerun ---------------------------------
+
+
+def rewrite(docs: Path, names: list[str], seed: int) -> None:
+    """Give each file new text: every chunk but (perhaps) a shared start changes."""
+    rng = random.Random(seed)
+    for name in names:
+        path = docs / name
+        kept = path.read_text().split("\n\n")[0]
+        fresh = [" ".join(rng.choice(WORDS) for _ in range(50)) + "." for _ in range(3)]
+        path.write_text("\n\n".join([kept, *fresh]))
+
+
+def snapshot(db: Path) -> dict[str, tuple[str, dict]]:
+    client = chromadb.PersistentClient(str(db), settings=SETTINGS)
+    try:
+        return stored(client, "crash")
+    finally:
+        client.clear_system_cache()  # another process writes next
+
+
+@pytest.mark.slow
+def test_kill_9_while_syncing_then_rerun_equals_a_clean_run(tmp_path, tiny_path, tiny_model):
+    docs = write_corpus(tmp_path / "docs", files=8)
+    db = tmp_path / "db"
+    first = subprocess.run(
+        cli_index(docs, db, tiny_path), capture_output=True, text=True, timeout=300
+    )
+    assert first.returncode == 0, first.stderr
+    old = {c.id: c for c in expected_chunks(docs)}
+    changed = ["doc01.txt", "doc02.txt", "doc04.txt", "doc05.txt"]
+    rewrite(docs, changed, seed=3)
+    (docs / "doc07.txt").unlink()
+    new = {c.id: c for c in expected_chunks(docs)}
+    changed_sources = {f"docs/{name}" for name in changed}
+
+    def ids_of(chunks: dict, source: str) -> set[str]:
+        return {i for i, c in chunks.items() if c.source == source}
+
+    def assert_never_half_gone() -> dict:
+        """Each changed file has all its old chunks or all its new ones (or both), and every
+        stored chunk is one of them: a kill never leaves a file with neither."""
+        records = snapshot(db)
+        texts = {i: c.text for i, c in {**old, **new}.items()}
+        assert all(texts[i] == text for i, (text, _) in records.items())
+        for source in changed_sources:
+            have = {i for i, (_, meta) in records.items() if meta["source"] == source}
+            assert ids_of(old, source) <= have or ids_of(new, source) <= have, source
+        return records
+
+    def run(park: str, kill_when, delay: float = 0.0) -> tuple[bool, list[str]]:
+        return run_and_kill(
+            parked_index(docs, db, tiny_path, park=park, seconds=3, prune=True),
+            kill_when,
+            delay=delay,
+        )
+
+    # 1. Parked between stored batches of the new chunks: old chunks all still there.
+    starts: list[int] = []
+
+    def two_batches_in(line: str) -> bool:
+        m = STORE_LINE.match(line)
+        if m:
+            starts.append(int(m.group(1)))
+        return bool(m) and int(m.group(1)) >= starts[0] + 16
+
+    killed, _ = run("store", two_batches_in)
+    records = assert_never_half_gone()
+    assert killed and old.keys() <= records.keys() and not new.keys() <= records.keys()
+
+    # 2. Parked after every new chunk is stored and relabelled, before anything is deleted.
+    killed, lines = run("remove", lambda line: line.startswith("remove 0/"))
+    records = assert_never_half_gone()
+    assert killed and (old.keys() | new.keys()) == records.keys()
+    assert any(line.startswith("store") for line in lines)
+
+    # 3. At a random moment while deleting (or just after).
+    run("", lambda line: line.startswith("remove 0/"), delay=random.uniform(0, 0.05))
+    assert_never_half_gone()
+
+    # 4. The same command again finishes: exactly what a clean run of the folder stores.
+    done = subprocess.run(
+        [*cli_index(docs, db, tiny_path), "--prune", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["added"] == 0  # everything was stored before the kills
+    records = snapshot(db)
+    assert records.keys() == new.keys()
+    clean = chromadb.PersistentClient(str(tmp_path / "clean"), settings=SETTINGS)
+    index_paths([docs], client=clean, collection="crash", model=tiny_model, **CHUNKING)
+    assert records == stored(clean, "crash")
+    client = chromadb.PersistentClient(str(db), settings=SETTINGS)
+    got = client.get_collection("crash").get(include=["documents", "embeddings"])
+    context = chroma.get_context(client.get_collection("crash"))
+    expected = tiny_model.embed_documents(got["documents"], context=context)
+    np.testing.assert_allclose(np.asarray(got["embeddings"]), expected, rtol=0, atol=1e-5)

@@ -1,10 +1,17 @@
-"""Index files into a cde-rag Chroma collection, resumably; query it back.
+"""Index files into a cde-rag Chroma collection, resumably, keeping it in step; query it back.
 
-Ingestion runs in four phases: load files, chunk them, fit the corpus context on *all* chunks
+Ingestion runs in five phases: load files, chunk them, fit the corpus context on *all* chunks
 (only when the collection is new: an existing collection keeps the context its vectors were
-embedded with), then embed and store the chunks not stored yet. Chunk ids are derived from
-content, and storing skips ids already in the collection, so a run killed at any moment is
-finished by running it again: nothing is stored twice, nothing is lost, the context stays.
+embedded with), embed and store the chunks not stored yet, then remove what is out of date.
+Each file (source) is synced, not just added to (`cde_rag.chroma.sources`): a file whose content
+changed gets its new chunks, then loses its old ones; an unchanged file is recognised from the
+version its stored chunks record and is not even chunked again; with `prune`, chunks of files gone
+from the folders indexed are removed. Chunk ids are derived from content, storing skips ids
+already in the collection and removing comes last, so a run killed at any moment is finished by
+running it again: the collection then holds exactly what an uninterrupted run leaves.
+
+Vectors go through the run's embedding cache by wrapping the model (`CachedEmbedder`); the model,
+which the process may share, is never changed.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from .cache import EmbeddingCache
+from .cached import CachedEmbedder
 from .context import DEFAULT_SEED
 from .documents import (
     DEFAULT_CHUNK_OVERLAP,
@@ -42,8 +50,8 @@ if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
 ProgressCallback = Callable[[str, int, int], None]
-"""`progress(phase, done, total)`; phases are "load", "chunk", "context", "store"."""
-PHASES = ("load", "chunk", "context", "store")
+"""`progress(phase, done, total)`; phases are "load", "chunk", "context", "store", "remove"."""
+PHASES = ("load", "chunk", "context", "store", "remove")
 # Collection metadata recording how its files were chunked.
 _CHUNK_SIZE_KEY = "cde_rag_chunk_size"
 _CHUNK_OVERLAP_KEY = "cde_rag_chunk_overlap"
@@ -57,6 +65,9 @@ class IndexReport:
 
     `chunks` = `added` + `skipped`: chunks embedded and stored now, and chunks an earlier run
     had stored already. `errors` lists `(path, reason)` for files that could not be read.
+    `removed` counts chunks deleted: old versions of changed files, and the chunks of the files
+    in `pruned`. `gone` lists stored files missing from the folders indexed that were kept
+    (the run did not prune).
     """
 
     collection: str
@@ -67,15 +78,27 @@ class IndexReport:
     errors: list[tuple[str, str]] = field(default_factory=list)
     context: str = ""
     new_collection: bool = False
+    removed: int = 0
+    pruned: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         how = "fitted on these chunks" if self.new_collection else "kept from the collection"
-        return (
+        removed = f", {self.removed} removed" if self.removed else ""
+        pruned = f" (with {_plural(len(self.pruned), 'deleted file')})" if self.pruned else ""
+        text = (
             f"Indexed {_plural(self.files, 'file')} into {self.collection!r}: "
             f"{_plural(self.chunks, 'chunk')}, {self.added} added, {self.skipped} already "
-            f"stored, {_plural(len(self.errors), 'file')} skipped; context {self.context[:12]} "
-            f"({how})."
+            f"stored{removed}{pruned}, {_plural(len(self.errors), 'file')} skipped; context "
+            f"{self.context[:12]} ({how})."
         )
+        if self.gone:
+            more = f" and {len(self.gone) - 1} more" if len(self.gone) > 1 else ""
+            text += (
+                f" Gone from the folders given but still indexed: {self.gone[0]}{more}; pass "
+                "--prune (prune=True) to remove their chunks."
+            )
+        return text
 
 
 def _plural(n: int, word: str) -> str:
@@ -114,11 +137,17 @@ def index_paths(
     dtype: DTypeLike = None,
     show_progress: bool | None = None,
     progress: ProgressCallback | None = None,
+    prune: bool = False,
 ) -> IndexReport:
     """Load files and folders, then `index_documents` them (see there). Unreadable files, and
     files over the caps (`max_bytes`, `max_pages`, `max_chars`: see `load_document`), are
     skipped and reported in `IndexReport.errors`; if no file at all can be read,
-    `DocumentError`."""
+    `DocumentError`.
+
+    Stored files that are gone from the folders given (their path there no longer exists) are
+    listed in `IndexReport.gone`, or with `prune=True` removed (`IndexReport.pruned`). Only
+    folders given are looked at: files given by name, and files that still exist but could not
+    be read this time, keep their chunks."""
     check_collection_name(collection)
     check_chunk_sizes(chunk_size, chunk_overlap)
     report = _Reporter(progress, show_progress)
@@ -154,8 +183,29 @@ def index_paths(
         dtype=dtype,
         show_progress=show_progress,
         progress=report,
+        prune=prune,
+        gone=_gone_from(paths),
     )
     return replace(result, errors=list(loaded.skipped))
+
+
+def _gone_from(paths: Iterable[str | os.PathLike[str]]) -> Callable[[str], bool]:
+    """Whether a stored source names a file gone from the folders in `paths`.
+
+    A walked file's source is `<folder name>/<path inside it>` (`load_documents`), so it is gone
+    when no folder given under that name still has that path."""
+    folders: dict[str, list[Path]] = {}
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            folders.setdefault(path.resolve().name or "root", []).append(path)
+
+    def gone(source: str) -> bool:
+        label, _, inside = source.partition("/")
+        roots = folders.get(label)
+        return bool(roots and inside) and not any(os.path.lexists(r / inside) for r in roots)
+
+    return gone
 
 
 def index_documents(
@@ -173,8 +223,15 @@ def index_documents(
     dtype: DTypeLike = None,
     show_progress: bool | None = None,
     progress: ProgressCallback | None = None,
+    prune: bool = False,
+    gone: Callable[[str], bool] | None = None,
 ) -> IndexReport:
-    """Chunk documents, fit the context (new collection only), embed and store new chunks.
+    """Chunk documents, fit the context (new collection only), and sync each document's source.
+
+    A source stored at the same content is left alone, a changed one gets its new chunks and
+    then loses its old ones (see the module doc). Sources stored but not among `documents` are
+    untouched unless `gone` or `prune` is given: those `gone(source)` accepts (all of them when
+    `gone` is None) are removed with `prune=True`, else listed in `IndexReport.gone`.
 
     `model` defaults to cde-small-v2 for a new collection and to the collection's own model
     for an existing one (passing one there must name the same model). `embedding_cache` is a
@@ -184,40 +241,54 @@ def index_documents(
     from . import chroma
 
     check_collection_name(collection)
+    check_chunk_sizes(chunk_size, chunk_overlap)
     # Opened first, so an unusable cache path fails before any fitting.
     cache = EmbeddingCache(embedding_cache) if embedding_cache is not None else None
     # index_paths passes its own reporter on, so its bars and hooks carry over.
     report = progress if isinstance(progress, _Reporter) else _Reporter(progress, show_progress)
     try:
-        report("chunk", 0, len(documents))
-        chunks = chunk_documents(documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
-        report("chunk", len(documents), len(documents))
-        if not chunks:
-            raise DocumentError("Nothing to index: the documents have no text to chunk.")
         chunking = {_CHUNK_SIZE_KEY: chunk_size, _CHUNK_OVERLAP_KEY: chunk_overlap}
-        store, new = _open_or_create(
-            client, collection, chunks, chunking, model, seed, device, dtype, show_progress, report
+        sources = _by_source(documents)
+        versions = {name: _version(docs, chunking) for name, docs in sources.items()}
+        store = _open_existing(client, collection, chunking, model, device, dtype)
+        stored = {} if store is None else _complete_sources(store, sources)
+        unchanged = {name for name, info in stored.items() if info.version == versions[name]}
+        report("chunk", 0, len(documents))
+        chunks = chunk_documents(
+            [doc for doc in documents if doc.source not in unchanged],
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
         )
-        # The model is shared process-wide: lend it the cache for this run only.
-        store_model = chroma.get_model(store)
-        previous = store_model.embedding_cache
-        if cache is not None:
-            store_model.use_embedding_cache(cache)
-        try:
-            added = chroma.add_documents(
-                store,
-                [c.text for c in chunks],
-                ids=[c.id for c in chunks],
-                metadatas=[c.metadata for c in chunks],
-                batch_size=batch_size,
-                show_progress=False,
-                progress=lambda done, total: report(
-                    "store", done + len(chunks) - total, len(chunks)
-                ),
+        report("chunk", len(documents), len(documents))
+        if not chunks and not unchanged:
+            raise DocumentError("Nothing to index: the documents have no text to chunk.")
+        new = store is None
+        if store is None:
+            store = _create(
+                client,
+                collection,
+                chunks,
+                chunking,
+                model,
+                seed,
+                device,
+                dtype,
+                show_progress,
+                report,
             )
-        finally:
-            if cache is not None:
-                store_model.use_embedding_cache(previous)
+        out_of_date = [] if new else _out_of_date(store, sources, gone, prune)
+        total = len(chunks) + sum(stored[name].records for name in unchanged)
+        result = chroma.update_sources(
+            store,
+            _updates(chunks, versions),
+            delete=out_of_date if prune else (),
+            # The run's cache wraps the model, which the process may share with other users.
+            embedder=None if cache is None else CachedEmbedder(chroma.get_model(store), cache),
+            batch_size=batch_size,
+            show_progress=False,
+            progress=lambda done, todo: report("store", done + total - todo, total),
+            removing=lambda done, todo: report("remove", done, todo),
+        )
     except CDEError:
         raise
     except Exception as exc:
@@ -227,15 +298,82 @@ def index_documents(
         raise full from exc
     finally:
         report.close()
+        if cache is not None:
+            cache.close()
     return IndexReport(
         collection=collection,
         files=len(documents),
-        chunks=len(chunks),
-        added=added.added,
-        skipped=added.skipped,
+        chunks=total,
+        added=result.added,
+        skipped=total - result.added,
         context=chroma.get_context(store).fingerprint,
         new_collection=new,
+        removed=result.removed,
+        pruned=out_of_date if prune else [],
+        gone=[] if prune else out_of_date,
     )
+
+
+def _by_source(documents: Sequence[Document]) -> dict[str, list[Document]]:
+    """Documents grouped by source, in order (a source is what gets replaced as a whole)."""
+    grouped: dict[str, list[Document]] = {}
+    for doc in documents:
+        if not isinstance(doc, Document):
+            raise TypeError(
+                f"index_documents() takes Document objects, got {type(doc).__name__}; "
+                "load files with load_document(s) first."
+            )
+        grouped.setdefault(doc.source, []).append(doc)
+    return grouped
+
+
+def _version(docs: list[Document], chunking: dict[str, int]) -> str:
+    """A source's version: its documents' texts and metadata, and how they are chunked."""
+    from .chroma import sources
+
+    return sources.version_of([chunking, *([d.text, d.metadata] for d in docs)])
+
+
+def _complete_sources(store: Collection, sources: dict[str, list[Document]]) -> dict[str, Any]:
+    """Those of `sources` stored as one complete version (`SourceInfo`), from chunk metadata."""
+    from .chroma import list_sources
+
+    return {info.source: info for info in list_sources(store, sources) if info.complete}
+
+
+def _out_of_date(
+    store: Collection,
+    sources: dict[str, list[Document]],
+    gone: Callable[[str], bool] | None,
+    prune: bool,
+) -> list[str]:
+    """Stored sources not among this run's that `gone` accepts (all when None; none are looked
+    for when there is neither `gone` nor `prune`)."""
+    from .chroma import list_sources
+
+    if gone is None and not prune:
+        return []
+    others = (info.source for info in list_sources(store) if info.source not in sources)
+    return [name for name in others if gone is None or gone(name)]
+
+
+def _updates(chunks: list[Chunk], versions: dict[str, str]) -> list[Any]:
+    """One `SourceRecords` per source, with its chunks in order."""
+    from .chroma import SourceRecords
+
+    grouped: dict[str, list[Chunk]] = {}
+    for chunk in chunks:
+        grouped.setdefault(chunk.source, []).append(chunk)
+    return [
+        SourceRecords(
+            source,
+            [c.text for c in group],
+            ids=[c.id for c in group],
+            metadatas=[c.metadata for c in group],
+            version=versions[source],
+        )
+        for source, group in grouped.items()
+    ]
 
 
 # Below this much free space, a failed write to the store or the cache is put down to a full
@@ -283,7 +421,28 @@ def check_collection_name(name: str) -> str:
     return name
 
 
-def _open_or_create(
+def _open_existing(
+    client: ClientAPI,
+    name: str,
+    chunking: dict[str, int],
+    model: str | os.PathLike[str] | CDEModel | None,
+    device: str | None,
+    dtype: DTypeLike,
+) -> Collection | None:
+    """The collection, opened with its model and context, or None if there is none yet."""
+    from chromadb.errors import NotFoundError
+
+    from . import chroma
+
+    try:
+        store = chroma.open_collection(client, name, model=model, device=device, dtype=dtype)
+    except NotFoundError:
+        return None
+    _check_chunking(store, chunking)
+    return store
+
+
+def _create(
     client: ClientAPI,
     name: str,
     chunks: list[Chunk],
@@ -294,18 +453,10 @@ def _open_or_create(
     dtype: DTypeLike,
     show_progress: bool | None,
     report: _Reporter,
-) -> tuple[Collection, bool]:
-    from chromadb.errors import NotFoundError
-
+) -> Collection:
+    """A new collection whose context is fitted on all `chunks`."""
     from . import chroma
 
-    try:
-        store = chroma.open_collection(client, name, model=model, device=device, dtype=dtype)
-    except NotFoundError:
-        pass
-    else:
-        _check_chunking(store, chunking)
-        return store, False
     report("context", 0, 1)
     store = chroma.create_collection(
         client,
@@ -321,7 +472,7 @@ def _open_or_create(
     )
     report("context", 1, 1)
     _check_chunking(store, chunking)
-    return store, True
+    return store
 
 
 def _check_chunking(store: Collection, chunking: dict[str, int]) -> None:
@@ -374,8 +525,9 @@ _LABELS = {
     "chunk": "Chunking",
     "context": "Corpus context",
     "store": "Embedding+storing",
+    "remove": "Removing old chunks",
 }
-_UNITS = {"load": "file", "chunk": "doc", "context": "fit", "store": "chunk"}
+_UNITS = {"load": "file", "chunk": "doc", "context": "fit", "store": "chunk", "remove": "chunk"}
 
 
 # -- querying ---------------------------------------------------------------------------------

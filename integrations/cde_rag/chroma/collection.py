@@ -2,7 +2,9 @@
 
 A collection is created only after its companion context collection is complete, so a crash
 leaves no collection or a complete one; opening checks the stored context against the
-fingerprint in the collection's embedding-function config, and the model against its fingerprint.
+fingerprint and checksum in the collection's embedding-function config, and the model against its
+fingerprint. The collection's metadata records where the model came from (its hub commit and its
+backbone's), and a model from the hub is reopened at the recorded commit.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.errors import NotFoundError
@@ -31,6 +34,7 @@ from .context_store import (
     write_context,
 )
 from .embedding_function import EF_NAME, SPACE, CDEEmbeddingFunction
+from .tracking import baseline_of, fit_metadata
 
 # Chroma allows 512 characters; the context collection's name adds up to 32 to the collection's.
 MAX_NAME_LENGTH = 480
@@ -42,6 +46,17 @@ ModelSource = str | os.PathLike[str] | CDEModel
 
 class CollectionExistsError(CDEError, ValueError):
     """`create_collection` was asked to create a collection that already exists."""
+
+
+def provenance_metadata(model: CDEModel) -> dict[str, str]:
+    """Where the model came from, as collection metadata (Chroma metadata holds no None)."""
+    provenance = model.provenance
+    recorded = {
+        "cde_rag_model_revision": provenance["revision"],
+        "cde_rag_backbone": provenance["backbone"],
+        "cde_rag_backbone_revision": provenance["backbone_revision"],
+    }
+    return {key: value for key, value in recorded.items() if value is not None}
 
 
 # -- what a collection records ---------------------------------------------------------------
@@ -75,7 +90,9 @@ def get_context(collection: Collection) -> CorpusContext:
             "configuration=...)). Re-embed with cde_rag.chroma.rebuild_collection(client, "
             f"{collection.name!r}, corpus=...)."
         )
-    return load_context(collection, store, config["context_fingerprint"])
+    return load_context(
+        collection, store, config["context_fingerprint"], config.get("context_checksum")
+    )
 
 
 def get_model(collection: Collection) -> CDEModel:
@@ -85,7 +102,9 @@ def get_model(collection: Collection) -> CDEModel:
         return ef.model
     config = cde_config(collection)
     model = shared_model(config["model"], revision=config.get("revision"))
-    if config.get("model_fingerprint") not in (None, model.fingerprint):
+    if config.get("model_fingerprint") is not None and not model.matches_fingerprint(
+        config["model_fingerprint"]
+    ):
         raise ContextMismatchError(
             f"The checkpoint at {config['model']!r} is not the model collection "
             f"{collection.name!r} was embedded with (fingerprint {model.fingerprint[:12]}, "
@@ -100,7 +119,7 @@ def bound_function(collection: Collection) -> CDEEmbeddingFunction:
     context = get_context(collection)
     ef = embedding_function_of(collection)
     if isinstance(ef, CDEEmbeddingFunction):
-        if ef.context_fingerprint != context.fingerprint:
+        if not context.matches(ef.context_fingerprint, ef.context_checksum):
             raise ContextMismatchError(
                 f"Refusing to add to {collection.name!r} with context "
                 f"{ef.context_fingerprint[:12]}: its vectors were embedded with the stored context "
@@ -108,7 +127,7 @@ def bound_function(collection: Collection) -> CDEEmbeddingFunction:
                 f"{collection.name!r}) instead of passing another embedding function, or move "
                 "it to the new context with rebuild_collection (re-embeds)."
             )
-        return ef  # its context is the one just read, cached by fingerprint
+        return ef  # its context is the one just read, cached by checksum
     return _function_for(cde_config(collection), context, model=None)
 
 
@@ -122,6 +141,8 @@ def _function_for(
     ef = CDEEmbeddingFunction(
         model if model is not None else config["model"],
         context=context,
+        context_fingerprint=config["context_fingerprint"],
+        context_checksum=config.get("context_checksum"),
         context_collection=config["context_collection"],
         tenant=config.get("tenant"),
         database=config.get("database"),
@@ -177,9 +198,7 @@ def create_collection(
     with name_lock(name):
         existing = get_raw(client, name)
         if existing is not None:
-            return _existing(
-                client, existing, model, context, get_or_create, device, dtype, revision
-            )
+            return _existing(client, existing, model, context, get_or_create, device, dtype)
         loaded = (
             shared_model(model, revision=revision, device=device, dtype=dtype)
             if not isinstance(model, CDEModel)
@@ -187,9 +206,7 @@ def create_collection(
         )
         if context is None:
             context = loaded.fit_context(corpus, seed=seed, show_progress=show_progress)  # type: ignore[arg-type]
-        return create(
-            client, name, loaded, context, revision, metadata, get_or_create, device, dtype
-        )
+        return create(client, name, loaded, context, metadata, get_or_create, device, dtype)
 
 
 _NAME_LOCKS: dict[str, threading.RLock] = {}
@@ -207,7 +224,6 @@ def create(
     name: str,
     model: CDEModel,
     context: CorpusContext,
-    revision: str | None,
     metadata: dict[str, Any] | None,
     get_or_create: bool,
     device: str | None,
@@ -215,7 +231,10 @@ def create(
     store: str | None = None,
 ) -> Collection:
     """Store `context` (in `store`, by default the collection's own companion), then create
-    collection `name` bound to it, and record it as the context's owner."""
+    collection `name` bound to it, and record it as the context's owner.
+
+    The collection records the model's hub commit (reopened at that commit) and its metadata
+    the model's provenance and the fit's baseline (`tracking`)."""
     model.check_context(context)
     store = write_context(
         client, store or context_collection_name(name, context.fingerprint), context
@@ -228,15 +247,17 @@ def create(
         context_collection=store,
         tenant=tenant,
         database=database,
-        revision=revision if revision is not None else model.checkpoint.revision,
+        revision=model.revision,  # the commit, never a branch that may move
         device=device,
         dtype=dtype,
     )
+    recorded = {**(metadata or {}), **provenance_metadata(model)}
+    recorded.update(fit_metadata(baseline_of(context)))
     try:
         created = client.create_collection(
             name,
             embedding_function=ef,  # type: ignore[arg-type]
-            metadata=metadata or None,
+            metadata=recorded,
             configuration={"hnsw": {"space": SPACE}},
         )
     except Exception:
@@ -244,7 +265,7 @@ def create(
         existing = get_raw(client, name)
         if existing is None:
             raise
-        return _existing(client, existing, model, context, get_or_create, device, dtype, revision)
+        return _existing(client, existing, model, context, get_or_create, device, dtype)
     claim(client.get_collection(store, embedding_function=None), created)
     return created
 
@@ -257,10 +278,9 @@ def _existing(
     get_or_create: bool,
     device: str | None,
     dtype: DTypeLike,
-    revision: str | None,
 ) -> Collection:
     stored = get_context(existing)
-    if context is not None and context.fingerprint != stored.fingerprint:
+    if context is not None and not np.array_equal(context.embeddings, stored.embeddings):
         raise ContextMismatchError(
             f"Collection {existing.name!r} already exists with context "
             f"{stored.fingerprint[:12]}; refusing to change it to {context.fingerprint[:12]} "

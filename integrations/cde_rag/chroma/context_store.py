@@ -3,7 +3,12 @@
 A context's N rows go in order into a collection of their own (embeddings, minicorpus texts as
 documents), the rest of the record into its metadata; the collection it serves is recorded as its
 owner once created. Every read checks the rows against the fingerprint the collection was
-embedded with, and each context is read from Chroma once per process and then cached.
+embedded with (its recipe fingerprint and, when recorded, the checksum of its numbers), and each
+context is read from Chroma once per process and then cached by checksum: two fits of one recipe
+(another dtype or batch size) share a fingerprint, never their numbers.
+
+Companions written before contexts had a checksum record the numbers' checksum as their
+fingerprint and no checksum key; `CorpusContext.matches` accepts them.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ ROLE_KEY = "cde_rag_role"
 ROLE_CONTEXT = "context"
 # The id of the collection whose vectors the stored context made.
 OWNER_KEY = "cde_rag_owner"
+FINGERPRINT_KEY = "cde_rag_fingerprint"
+CHECKSUM_KEY = "cde_rag_checksum"
 
 _REMEDY = (
     "Vectors in the collection can only be queried with the context they were embedded "
@@ -53,23 +60,30 @@ def get_raw(client: ClientAPI, name: str) -> Collection | None:
 
 
 def remember(context: CorpusContext) -> CorpusContext:
-    """Cache a checked context by fingerprint; the copy cached first wins."""
+    """Cache a checked context by checksum (its exact numbers); the copy cached first wins."""
     with _CONTEXTS_LOCK:
-        return _CONTEXTS.setdefault(context.fingerprint, context)
+        return _CONTEXTS.setdefault(context.checksum, context)
 
 
-def _cached(fingerprint: str) -> CorpusContext | None:
+def _cached(fingerprint: str, checksum: str | None) -> CorpusContext | None:
+    """The cached context a record names. A record without a checksum is looked up by its
+    fingerprint, which for records of the previous format is the checksum."""
     with _CONTEXTS_LOCK:
-        return _CONTEXTS.get(fingerprint)
+        found = _CONTEXTS.get(checksum or fingerprint)
+    return found if found is not None and found.matches(fingerprint, checksum) else None
 
 
 def _context_metadata(context: CorpusContext) -> dict[str, Any]:
     meta: dict[str, Any] = {
         ROLE_KEY: ROLE_CONTEXT,
         "cde_rag_format": CONTEXT_FORMAT,
-        "cde_rag_fingerprint": context.fingerprint,
+        FINGERPRINT_KEY: context.fingerprint,
+        CHECKSUM_KEY: context.checksum,
         "cde_rag_model_name": context.model_name,
         "cde_rag_model_fingerprint": context.model_fingerprint,
+        "cde_rag_model_revision": context.model_revision,
+        "cde_rag_backbone_revision": context.backbone_revision,
+        "cde_rag_fit_dtype": context.fit_dtype,
         "cde_rag_kind": context.kind,
         "cde_rag_size": context.size,
         "cde_rag_dim": context.dim,
@@ -99,7 +113,7 @@ def write_context(client: ClientAPI, base: str, context: CorpusContext) -> str:
             if owner and _alive(client, owner):
                 continue
             try:
-                read_context(existing, context.fingerprint)
+                read_context(existing, context.fingerprint, context.checksum)
                 return name
             except ContextError:
                 client.delete_collection(name)  # torn by a crash; no collection uses it
@@ -138,21 +152,25 @@ def owner_of(store: Collection) -> str | None:
     return str(owner) if owner else None
 
 
-def read_context(store: Collection, fingerprint: str) -> CorpusContext:
-    """The context in companion collection `store`, refused unless it matches `fingerprint`."""
+def read_context(store: Collection, fingerprint: str, checksum: str | None = None) -> CorpusContext:
+    """The context in companion collection `store`, refused unless it is the one a collection
+    records: `fingerprint`, and `checksum` when recorded (by the collection or the companion)."""
     meta = store.metadata or {}
     if meta.get(ROLE_KEY) != ROLE_CONTEXT or meta.get("cde_rag_format") != CONTEXT_FORMAT:
         raise ContextError(
             f"Chroma collection {store.name!r} is not a cde-rag context store (its metadata lacks "
             f"the cde-rag context record). {_REMEDY}"
         )
-    if meta.get("cde_rag_fingerprint") != fingerprint:
+    stored_checksum = meta.get(CHECKSUM_KEY)
+    other_numbers = checksum is not None and stored_checksum not in (None, checksum)
+    if meta.get(FINGERPRINT_KEY) != fingerprint or other_numbers:
         raise ContextError(
             f"Context collection {store.name!r} holds context "
-            f"{str(meta.get('cde_rag_fingerprint'))[:12]}, but the collection was embedded with "
+            f"{str(meta.get(FINGERPRINT_KEY))[:12]}, but the collection was embedded with "
             f"{fingerprint[:12]}: it was altered or replaced. {_REMEDY}"
         )
-    cached = _cached(fingerprint)
+    checksum = checksum or (str(stored_checksum) if stored_checksum else None)
+    cached = _cached(fingerprint, checksum)
     size = int(meta.get("cde_rag_size", 0))
     count = store.count()
     if count != size:
@@ -182,20 +200,25 @@ def read_context(store: Collection, fingerprint: str) -> CorpusContext:
             seed=meta.get("cde_rag_seed"),  # type: ignore[arg-type]
             source_size=meta.get("cde_rag_source_size"),  # type: ignore[arg-type]
             created_at=str(meta["cde_rag_created_at"]),
+            model_revision=meta.get("cde_rag_model_revision"),  # type: ignore[arg-type]
+            backbone_revision=meta.get("cde_rag_backbone_revision"),  # type: ignore[arg-type]
+            fit_dtype=meta.get("cde_rag_fit_dtype"),  # type: ignore[arg-type]
         )
     except (KeyError, ValueError) as exc:
         raise ContextError(
             f"Context collection {store.name!r} is malformed ({exc}). {_REMEDY}"
         ) from exc
-    if context.fingerprint != fingerprint:
+    if not context.matches(fingerprint, checksum):
         raise ContextError(
             f"Context collection {store.name!r} was altered: its rows no longer match the "
-            f"fingerprint {fingerprint[:12]} the collection was embedded with. {_REMEDY}"
+            f"context {fingerprint[:12]} the collection was embedded with. {_REMEDY}"
         )
     return remember(context)
 
 
-def load_context(owner: Collection, store_name: str, fingerprint: str) -> CorpusContext:
+def load_context(
+    owner: Collection, store_name: str, fingerprint: str, checksum: str | None = None
+) -> CorpusContext:
     """The context of collection `owner`, stored in `store_name`: checked, and claimed if new."""
     try:
         store = collection_from(server_of(owner), store_name, owner.tenant, owner.database)
@@ -215,20 +238,22 @@ def load_context(owner: Collection, store_name: str, fingerprint: str) -> Corpus
             "context. Re-embed with cde_rag.chroma.rebuild_collection(client, "
             f"{owner.name!r}, corpus=...)."
         )
-    context = read_context(store, fingerprint)
+    context = read_context(store, fingerprint, checksum)
     if not claimed:
         claim(store, owner)  # creation was interrupted right after creating the collection
     return context
 
 
-def find_context(fingerprint: str, store_name: str, tenant: str, database: str) -> CorpusContext:
+def find_context(
+    fingerprint: str, checksum: str | None, store_name: str, tenant: str, database: str
+) -> CorpusContext:
     """Find a context for an embedding function Chroma rebuilt from config (it has no client).
 
     `client.get_collection(name)` hands Chroma's rebuilt function nothing but its config, so look
-    through the Chroma connections this process has opened; the fingerprint check makes any copy
-    found as good as any other.
+    through the Chroma connections this process has opened; the fingerprint and checksum checks
+    make any copy found as good as any other.
     """
-    cached = _cached(fingerprint)
+    cached = _cached(fingerprint, checksum)
     if cached is not None:
         return cached
     for server in open_servers():
@@ -236,7 +261,7 @@ def find_context(fingerprint: str, store_name: str, tenant: str, database: str) 
             store = collection_from(server, store_name, tenant, database)
         except Exception:  # not in this connection (or it is down): try the next one
             continue
-        return read_context(store, fingerprint)
+        return read_context(store, fingerprint, checksum)
     raise ContextError(
         f"The corpus context {fingerprint[:12]} (Chroma collection {store_name!r}) was not found "
         "through any Chroma client of this process. Open the collection with "

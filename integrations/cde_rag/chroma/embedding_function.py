@@ -2,10 +2,12 @@
 
 Chroma persists a collection's embedding function as a name plus a small JSON config, and
 rebuilds it from that config on every collection operation, in any process. So the config names
-what is needed to embed consistently (model, revision, fingerprints, the companion collection
-holding the context) and nothing large, is validated against a JSON schema, and building from it
-is cheap: the model is shared process-wide and loads on first use, the context is read from
-Chroma on first use and cached by fingerprint.
+what is needed to embed consistently (model, revision, model fingerprint, the context's
+fingerprint and checksum, the companion collection holding the context) and nothing large, is
+validated against a JSON schema, and building from it is cheap: the model is shared
+process-wide and loads on first use, the context is read from Chroma on first use and cached by
+checksum. Configs written before contexts had a checksum (their `context_fingerprint` is the
+checksum, and `context_checksum` is absent) still work.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "revision": _OPTIONAL_TEXT,
         "model_fingerprint": _OPTIONAL_TEXT,
         "context_fingerprint": {"type": "string", "minLength": 1},
+        "context_checksum": _OPTIONAL_TEXT,
         "context_collection": _OPTIONAL_TEXT,
         "tenant": _OPTIONAL_TEXT,
         "database": _OPTIONAL_TEXT,
@@ -62,10 +65,10 @@ def model_spec(model: str | os.PathLike[str] | CDEModel) -> str:
 class CDEEmbeddingFunction(EmbeddingFunction[Documents]):
     """Chroma embedding function: documents via `__call__`, queries via `embed_query`.
 
-    Bound to one corpus context. Its config (what Chroma persists) names the model, the context
-    fingerprint and the companion collection that stores the context, so Chroma can rebuild it
-    in any process; the context itself is read lazily from Chroma and checked against the
-    fingerprint.
+    Bound to one corpus context. Its config (what Chroma persists) names the model, the
+    context's fingerprint and checksum and the companion collection that stores the context, so
+    Chroma can rebuild it in any process; the context itself is read lazily from Chroma and
+    checked against them.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class CDEEmbeddingFunction(EmbeddingFunction[Documents]):
         *,
         context: CorpusContext | None = None,
         context_fingerprint: str | None = None,
+        context_checksum: str | None = None,
         context_collection: str | None = None,
         tenant: str | None = None,
         database: str | None = None,
@@ -87,10 +91,12 @@ class CDEEmbeddingFunction(EmbeddingFunction[Documents]):
                 "CDEEmbeddingFunction needs the corpus context it embeds with: pass context= "
                 "(or use cde_rag.chroma.create_collection / open_collection, which handle it)."
             )
-        if context is not None and context_fingerprint not in (None, context.fingerprint):
+        if context is not None and context_fingerprint is None:
+            context_fingerprint, context_checksum = context.fingerprint, context.checksum
+        elif context is not None and not context.matches(context_fingerprint, context_checksum):
             raise ContextMismatchError(
-                f"context_fingerprint {context_fingerprint} does not match the context given "
-                f"({context.fingerprint})."
+                f"context_fingerprint {context_fingerprint} (checksum {context_checksum}) does not "
+                f"match the context given ({context.fingerprint}, checksum {context.checksum})."
             )
         self._model = model if isinstance(model, CDEModel) else None
         self.model_spec = model_spec(model)
@@ -98,8 +104,12 @@ class CDEEmbeddingFunction(EmbeddingFunction[Documents]):
         self.device = device
         self.dtype = dtype
         self._context = context
-        self.context_fingerprint = context.fingerprint if context else str(context_fingerprint)
-        self.model_fingerprint = context.model_fingerprint if context else model_fingerprint
+        # As recorded (a collection of the previous format keeps its record unchanged).
+        self.context_fingerprint = str(context_fingerprint)
+        self.context_checksum = context_checksum
+        if model_fingerprint is None and context is not None:
+            model_fingerprint = context.model_fingerprint
+        self.model_fingerprint = model_fingerprint
         self.context_collection = context_collection
         self.tenant = tenant
         self.database = database
@@ -111,16 +121,20 @@ class CDEEmbeddingFunction(EmbeddingFunction[Documents]):
         return EF_NAME
 
     def get_config(self) -> dict[str, Any]:
-        return {
+        config = {
             "version": CONFIG_VERSION,
             "model": self.model_spec,
             "revision": self.revision,
             "model_fingerprint": self.model_fingerprint,
             "context_fingerprint": self.context_fingerprint,
+            "context_checksum": self.context_checksum,
             "context_collection": self.context_collection,
             "tenant": self.tenant,
             "database": self.database,
         }
+        if self.context_checksum is None:  # a record of the previous format, kept as it was
+            del config["context_checksum"]
+        return config
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> CDEEmbeddingFunction:
@@ -129,6 +143,7 @@ class CDEEmbeddingFunction(EmbeddingFunction[Documents]):
         return CDEEmbeddingFunction(
             config["model"],
             context_fingerprint=config["context_fingerprint"],
+            context_checksum=config.get("context_checksum"),
             context_collection=config.get("context_collection"),
             tenant=config.get("tenant"),
             database=config.get("database"),
@@ -165,7 +180,7 @@ class CDEEmbeddingFunction(EmbeddingFunction[Documents]):
         self, old_config: dict[str, Any], new_config: dict[str, Any]
     ) -> None:
         """Refuse swapping the context under stored vectors: that needs a re-embed."""
-        for key in ("context_fingerprint", "model_fingerprint"):
+        for key in ("context_fingerprint", "context_checksum", "model_fingerprint"):
             if old_config.get(key) != new_config.get(key):
                 raise ContextMismatchError(
                     f"Refusing to change the {key.split('_')[0]} of a collection: its stored "
@@ -204,6 +219,7 @@ class CDEEmbeddingFunction(EmbeddingFunction[Documents]):
             tenant, database = default_scope()
             self._context = find_context(
                 self.context_fingerprint,
+                self.context_checksum,
                 self.context_collection,
                 self.tenant or tenant,
                 self.database or database,

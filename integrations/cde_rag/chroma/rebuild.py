@@ -2,7 +2,8 @@
 
 Every document is re-embedded into a staging collection that takes the old one's name only when
 complete; staging records which context collection (and owner) it replaces, so a run killed at
-any point is finished by running it again.
+any point is finished by running it again. The finished collection's fit baseline is the records
+it holds (`tracking`), so its context status starts afresh.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .collection import (
 )
 from .context_store import context_collection_name, get_raw, owner_of
 from .records import ProgressCallback, add_documents
+from .tracking import fit_metadata
 
 # A rebuild's staging collection records the context collection (and its owner) it replaces.
 _REPLACES_KEY = "cde_rag_replaces_context"
@@ -76,9 +78,9 @@ def rebuild_collection(
             source = corpus if corpus is not None else documents
             context = loaded.fit_context(source, seed=seed, show_progress=show_progress)
         loaded.check_context(context)
-        if (
-            staging is not None
-            and cde_config(staging)["context_fingerprint"] != context.fingerprint
+        staged = cde_config(staging) if staging is not None else None
+        if staged is not None and not context.matches(
+            staged["context_fingerprint"], staged.get("context_checksum")
         ):
             delete_collection(client, staging_name)  # a different, abandoned rebuild
             staging = None
@@ -88,7 +90,6 @@ def rebuild_collection(
                 staging_name,
                 loaded,
                 context,
-                config.get("revision"),
                 {
                     **(old.metadata or {}),
                     _REPLACES_KEY: config.get("context_collection"),
@@ -155,5 +156,7 @@ def _finish_rebuild(
     ):
         client.delete_collection(old_store.name)
     # Chroma replaces metadata whole and drops keys set to None: this keeps the user's keys.
-    staging.modify(name=name, metadata={**meta, _REPLACES_KEY: None, _REPLACES_OWNER_KEY: None})
+    # The new context was fitted for exactly the records staging holds: the status resets.
+    finished = {**meta, _REPLACES_KEY: None, _REPLACES_OWNER_KEY: None}
+    staging.modify(name=name, metadata={**finished, **fit_metadata(staging.count())})
     return open_collection(client, name, model=model)

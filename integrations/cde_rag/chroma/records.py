@@ -4,6 +4,8 @@ Ids are stable (given, or derived from the text), and ids already stored are ski
 anything is embedded, so re-running an interrupted ingestion finishes it without duplicates or
 re-embedding. `store_missing` is the storing half on its own: it takes a function that gives
 the vectors of a batch, so vectors computed elsewhere go through the same path as embedded ones.
+Vectors are computed by the collection's model with its stored context, or through a wrapper of
+that model such as `CachedEmbedder`, which adds a cache without changing the shared model.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import numpy as np
 from chromadb.api.models.Collection import Collection
 from tqdm.auto import tqdm
 
+from ..cached import CachedEmbedder
 from ..errors import InputError
-from ..model import check_texts
+from ..model import CDEModel, check_texts
 from ..progress import progress_bar_enabled
 from ._compat import server_of
 from .collection import bound_function
@@ -28,6 +31,8 @@ DEFAULT_ADD_BATCH = 128
 ProgressCallback = Callable[[int, int], None]
 # The vectors of the records at these positions, in that order (one row each).
 VectorsFor = Callable[[list[int]], np.ndarray]
+# What embeds documents for a collection: its model, or a wrapper of it such as a cache.
+Embedder = CDEModel | CachedEmbedder
 
 
 @dataclass(frozen=True)
@@ -54,26 +59,42 @@ def add_documents(
     batch_size: int | None = None,
     show_progress: bool | None = None,
     progress: ProgressCallback | None = None,
+    embedder: Embedder | None = None,
 ) -> AddResult:
     """Embed and store documents not already in the collection, in batches.
 
     Ids are stable (given, or `document_id(text)`), and ids already stored are skipped before
     embedding, so re-running an interrupted ingestion finishes it without duplicates or
     re-embedding. `progress(done, total)` is called after each batch (total = documents to embed).
+    `embedder` embeds instead of the collection's model: a wrapper of that same model, e.g. a
+    `cde_rag.cached.CachedEmbedder` (another model's is refused).
     """
     texts = check_texts(documents, "documents")
     id_list = check_records(texts, ids, metadatas, batch_size)
-    ef = bound_function(collection)
     return store_missing(
         collection,
         texts,
         id_list,
-        lambda positions: ef.embed_documents([texts[i] for i in positions], show_progress=False),
+        embedding(collection, texts, embedder),
         metadatas=metadatas,
         batch_size=batch_size,
         show_progress=show_progress,
         progress=progress,
     )
+
+
+def embedding(
+    collection: Collection, texts: list[str], embedder: Embedder | None = None
+) -> VectorsFor:
+    """The vectors of `texts[positions]`, embedded with the collection's stored context by its
+    model (or by `embedder`, which must wrap the same model: the context check refuses others)."""
+    ef = bound_function(collection)
+    embed = (embedder or ef.model).embed_documents
+
+    def vectors_for(positions: list[int]) -> np.ndarray:
+        return embed([texts[i] for i in positions], context=ef.context, show_progress=False)
+
+    return vectors_for
 
 
 def check_records(
@@ -119,7 +140,7 @@ def store_missing(
     size = min(batch_size or DEFAULT_ADD_BATCH, server_of(collection).get_max_batch_size())
     unique = _first_of_each_id(ids, texts)
     stored: set[str] = set()
-    for chunk in _chunks([ids[i] for i in unique], size):
+    for chunk in in_batches([ids[i] for i in unique], size):
         stored.update(collection.get(ids=list(chunk), include=[])["ids"])
     todo = [i for i in unique if ids[i] not in stored]
 
@@ -131,7 +152,7 @@ def store_missing(
     with tqdm(
         total=total, desc=f"Adding to {collection.name}", unit="doc", disable=not show
     ) as bar:
-        for chunk in _chunks(todo, size):
+        for chunk in in_batches(todo, size):
             positions = list(chunk)
             collection.add(
                 ids=[ids[i] for i in positions],
@@ -161,6 +182,7 @@ def _first_of_each_id(id_list: list[str], texts: list[str]) -> list[int]:
     return list(first.values())
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def in_batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """`items` in consecutive slices of at most `size`."""
     for start in range(0, len(items), size):
         yield items[start : start + size]

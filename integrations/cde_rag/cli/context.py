@@ -1,4 +1,5 @@
-"""`cde-rag context fit|show|save`: corpus contexts as files you can inspect and reuse.
+"""`cde-rag context fit|show|save|status`: corpus contexts as files you can inspect and reuse,
+and how stale a collection's context is.
 
 A context file (safetensors + JSON, written atomically) pins the corpus a set of vectors was
 embedded against; `cde-rag serve --context FILE` and `CorpusContext.load` read it back. Files are
@@ -13,12 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..drift import DEFAULT_SAMPLE, REFIT_THRESHOLD
 from ._common import (
     add_chunking_arguments,
     add_model_arguments,
     add_store_arguments,
     describe_store,
     load_model,
+    non_negative_int,
     open_client,
 )
 from ._text import terminal_safe, terminal_safe_json
@@ -64,6 +67,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     save.add_argument("-o", "--output", type=Path, required=True, help="context file to write")
     save.add_argument("--force", action="store_true", help="overwrite an existing output file")
     save.set_defaults(action_run=_save)
+
+    status = actions.add_parser(
+        "status",
+        help="is a collection's context stale? counts since the fit, and a drift score",
+        description="Compare the context stored with --collection with the records it holds "
+        "now: texts it was fitted on, records now, records added and removed since the fit, "
+        "and a drift score computed with the first stage on at most --sample records (above "
+        f"{REFIT_THRESHOLD} a re-fit is recommended; see the README).",
+    )
+    add_store_arguments(status)
+    status.add_argument(
+        "--sample",
+        type=non_negative_int,
+        default=DEFAULT_SAMPLE,
+        help=f"records embedded (first stage) for the drift score; 0 skips it and loads no "
+        f"model (default {DEFAULT_SAMPLE})",
+    )
+    status.add_argument("--json", action="store_true", help="print as JSON")
+    status.set_defaults(action_run=_status)
 
 
 def _add_optional_store(parser: argparse.ArgumentParser) -> None:
@@ -140,20 +162,42 @@ def _save(args: argparse.Namespace) -> int:
 
 def _collection_context(args: argparse.Namespace) -> Any:
     """The stored context, read without loading the model (only the context is needed)."""
+    from .. import chroma
+
+    return chroma.get_context(_raw_collection(args))
+
+
+def _raw_collection(args: argparse.Namespace) -> Any:
+    """The --collection, opened without its embedding function (nothing is loaded)."""
     from chromadb.errors import NotFoundError
 
-    from .. import chroma
     from ..errors import CDEError
 
     client = open_client(args)
     try:
-        raw = client.get_collection(args.collection, embedding_function=None)
+        return client.get_collection(args.collection, embedding_function=None)
     except NotFoundError:
         raise CDEError(
             f"no collection {args.collection!r} in {describe_store(args)}; create it with "
             f"cde-rag index PATHS --collection {args.collection}."
         ) from None
-    return chroma.get_context(raw)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .. import chroma
+
+    status = chroma.context_status(_raw_collection(args), sample=args.sample)
+    if args.json:
+        print(terminal_safe_json(status.to_dict(), indent=2))
+        return 0
+    counts = status.to_dict()
+    print(f"Context {status.context[:12]} of {terminal_safe(repr(status.collection))}")
+    for key in ("kind", "fitted_on", "records", "added", "removed", "drift", "sampled"):
+        value = counts[key]
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"  {key.replace('_', ' ')}: {'unknown' if value is None else shown}")
+    print(terminal_safe(status.advice()))
+    return 0
 
 
 def _preview(text: str) -> str:

@@ -95,6 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="progress bars, plain lines (for logs), or nothing (default: bars on a "
         "terminal, lines otherwise)",
     )
+    run_group.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove the chunks of files gone from the folders given (default: keep them and "
+        "list them)",
+    )
     run_group.add_argument("--json", action="store_true", help="print the report as JSON")
     ray = parser.add_argument_group(
         "Ray engine (--engine ray: embed on a Ray cluster into Parquet, then cde-rag load)"
@@ -216,6 +222,7 @@ def _run_local(args: argparse.Namespace, style: str) -> IndexReport:
         dtype=args.dtype,
         show_progress=style == "bar",
         progress=ProgressLines() if style == "lines" else None,
+        prune=args.prune,
     )
 
 
