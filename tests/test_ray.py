@@ -28,6 +28,7 @@ from cde_rag import ray as cde_ray  # noqa: E402
 from cde_rag.documents import chunk_documents, load_documents  # noqa: E402
 from cde_rag.embeddings_folder import EmbeddingsFolder, EmbeddingsFolderError  # noqa: E402
 from cde_rag.errors import ContextMismatchError  # noqa: E402
+from cde_rag.ingest import versioned_chunks  # noqa: E402
 
 CHUNKING = {"chunk_size": 200, "chunk_overlap": 20}
 CHUNK_ARGS = ["--chunk-size", "200", "--chunk-overlap", "20"]
@@ -64,7 +65,8 @@ def write_corpus(folder: Path, files: int, seed: int = 0) -> Path:
 
 
 def local_chunks(folder: Path):
-    return chunk_documents(load_documents([folder]).documents, **CHUNKING)
+    """The chunks `cde-rag index` stores for the folder (with their source versions)."""
+    return versioned_chunks(load_documents([folder]).documents, **CHUNKING)
 
 
 def parquet_dataset(tmp_path: Path, texts: list[str], per_file: int):

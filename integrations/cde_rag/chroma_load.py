@@ -20,7 +20,7 @@ import numpy as np
 from .chroma.records import check_records, store_missing
 from .embeddings_folder import EMBEDDING, EmbeddingsFolder, EmbeddingsFolderError, load_progress
 from .errors import ContextMismatchError
-from .ingest import _CHUNK_OVERLAP_KEY, _CHUNK_SIZE_KEY, _check_chunking, check_collection_name
+from .ingest import CHUNK_OVERLAP_KEY, CHUNK_SIZE_KEY, check_chunking, check_collection_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -115,8 +115,8 @@ def _open_or_create(
     from . import chroma
 
     chunking = {
-        _CHUNK_SIZE_KEY: manifest.get("chunk_size"),
-        _CHUNK_OVERLAP_KEY: manifest.get("chunk_overlap"),
+        CHUNK_SIZE_KEY: manifest.get("chunk_size"),
+        CHUNK_OVERLAP_KEY: manifest.get("chunk_overlap"),
     }
     try:
         store = chroma.open_collection(client, name, model=model, device=device)
@@ -144,7 +144,7 @@ def _open_or_create(
             f"context: cde-rag context save --collection {name} -o NEW_OUT/context.safetensors, "
             "then cde-rag index FILES --engine ray --out NEW_OUT, and load NEW_OUT."
         )
-    _check_chunking(store, chunking)
+    check_chunking(store, chunking)
     return store, new
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
 import unicodedata
@@ -330,6 +331,21 @@ def chunk_documents(
                 )
             )
     return chunks
+
+
+# Chunk metadata that records which version of its source a chunk belongs to, and how many
+# chunks that version has, so a store can tell an unchanged source from its metadata alone.
+SOURCE_VERSION_KEY = "cde_rag_source_version"
+SOURCE_RECORDS_KEY = "cde_rag_source_records"
+
+
+def version_of(parts: Iterable[Any]) -> str:
+    """A content hash of JSON-able parts, for a source's version."""
+    digest = hashlib.sha256(b"cde-rag-source/1\0")
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
 
 
 def chunk_id(source: str, index: int, text: str) -> str:

@@ -35,12 +35,15 @@ from .documents import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_CHARS,
     DEFAULT_MAX_PAGES,
+    SOURCE_RECORDS_KEY,
+    SOURCE_VERSION_KEY,
     Chunk,
     Document,
     DocumentError,
     check_chunk_sizes,
     chunk_documents,
     load_documents,
+    version_of,
 )
 from .errors import CDEError, StorageFullError
 from .model import CDEModel, DTypeLike
@@ -53,8 +56,8 @@ ProgressCallback = Callable[[str, int, int], None]
 """`progress(phase, done, total)`; phases are "load", "chunk", "context", "store", "remove"."""
 PHASES = ("load", "chunk", "context", "store", "remove")
 # Collection metadata recording how its files were chunked.
-_CHUNK_SIZE_KEY = "cde_rag_chunk_size"
-_CHUNK_OVERLAP_KEY = "cde_rag_chunk_overlap"
+CHUNK_SIZE_KEY = "cde_rag_chunk_size"
+CHUNK_OVERLAP_KEY = "cde_rag_chunk_overlap"
 # Chroma's rule for the characters of a name (cde_rag.chroma limits the length).
 _COLLECTION_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]*[a-zA-Z0-9]")
 
@@ -247,7 +250,7 @@ def index_documents(
     # index_paths passes its own reporter on, so its bars and hooks carry over.
     report = progress if isinstance(progress, _Reporter) else _Reporter(progress, show_progress)
     try:
-        chunking = {_CHUNK_SIZE_KEY: chunk_size, _CHUNK_OVERLAP_KEY: chunk_overlap}
+        chunking = {CHUNK_SIZE_KEY: chunk_size, CHUNK_OVERLAP_KEY: chunk_overlap}
         sources = _by_source(documents)
         versions = {name: _version(docs, chunking) for name, docs in sources.items()}
         store = _open_existing(client, collection, chunking, model, device, dtype)
@@ -329,9 +332,34 @@ def _by_source(documents: Sequence[Document]) -> dict[str, list[Document]]:
 
 def _version(docs: list[Document], chunking: dict[str, int]) -> str:
     """A source's version: its documents' texts and metadata, and how they are chunked."""
-    from .chroma import sources
+    return version_of([chunking, *([d.text, d.metadata] for d in docs)])
 
-    return sources.version_of([chunking, *([d.text, d.metadata] for d in docs)])
+
+def versioned_chunks(
+    documents: Sequence[Document], chunk_size: int, chunk_overlap: int
+) -> list[Chunk]:
+    """The documents' chunks with the metadata `cde-rag index` stores them with: each chunk
+    names its source's version and how many chunks that version has. For pipelines that store
+    chunks elsewhere first (the Ray engine), so a collection loaded from them later syncs as
+    one indexed locally does."""
+    chunking = {CHUNK_SIZE_KEY: chunk_size, CHUNK_OVERLAP_KEY: chunk_overlap}
+    sources = _by_source(documents)
+    chunks = chunk_documents(documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    counts: dict[str, int] = {}
+    for chunk in chunks:
+        counts[chunk.source] = counts.get(chunk.source, 0) + 1
+    versions = {name: _version(docs, chunking) for name, docs in sources.items()}
+    return [
+        replace(
+            chunk,
+            metadata={
+                **chunk.metadata,
+                SOURCE_VERSION_KEY: versions[chunk.source],
+                SOURCE_RECORDS_KEY: counts[chunk.source],
+            },
+        )
+        for chunk in chunks
+    ]
 
 
 def _complete_sources(store: Collection, sources: dict[str, list[Document]]) -> dict[str, Any]:
@@ -438,7 +466,7 @@ def _open_existing(
         store = chroma.open_collection(client, name, model=model, device=device, dtype=dtype)
     except NotFoundError:
         return None
-    _check_chunking(store, chunking)
+    check_chunking(store, chunking)
     return store
 
 
@@ -471,11 +499,11 @@ def _create(
         show_progress=show_progress,
     )
     report("context", 1, 1)
-    _check_chunking(store, chunking)
+    check_chunking(store, chunking)
     return store
 
 
-def _check_chunking(store: Collection, chunking: dict[str, int]) -> None:
+def check_chunking(store: Collection, chunking: dict[str, int]) -> None:
     """Refuse to chunk a collection's files a second way: both sets of chunks would be kept,
     so every passage would be stored (and retrieved) twice."""
     meta = store.metadata or {}
@@ -483,8 +511,8 @@ def _check_chunking(store: Collection, chunking: dict[str, int]) -> None:
     if recorded and recorded != chunking:
         raise ValueError(
             f"Collection {store.name!r} was indexed with chunk size "
-            f"{recorded.get(_CHUNK_SIZE_KEY)} and overlap {recorded.get(_CHUNK_OVERLAP_KEY)}; "
-            f"this run uses {chunking[_CHUNK_SIZE_KEY]} and {chunking[_CHUNK_OVERLAP_KEY]}, "
+            f"{recorded.get(CHUNK_SIZE_KEY)} and overlap {recorded.get(CHUNK_OVERLAP_KEY)}; "
+            f"this run uses {chunking[CHUNK_SIZE_KEY]} and {chunking[CHUNK_OVERLAP_KEY]}, "
             "which would store every passage twice. Use the same values, or index into a new "
             "collection."
         )

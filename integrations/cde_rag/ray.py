@@ -39,7 +39,6 @@ from .documents import (
     DEFAULT_MAX_PAGES,
     DocumentError,
     check_chunk_sizes,
-    chunk_documents,
     load_documents,
 )
 from .embeddings_folder import (
@@ -56,6 +55,7 @@ from .embeddings_folder import (
     write_bytes,
 )
 from .errors import ContextMismatchError, InputError
+from .ingest import versioned_chunks
 from .model import CDEModel, DTypeLike, check_texts, resolve_dtype, shared_model
 
 DEFAULT_MODEL = "jxm/cde-small-v2"
@@ -449,7 +449,8 @@ def index_folder(
     loaded = load_documents(
         paths, recursive=recursive, max_bytes=max_bytes, max_pages=max_pages, max_chars=max_chars
     )
-    chunks = chunk_documents(loaded.documents, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    # Labelled as `cde-rag index` stores them, so a collection loaded from the output syncs.
+    chunks = versioned_chunks(loaded.documents, chunk_size, chunk_overlap)
     if not chunks:
         detail = "; ".join(f"{p}: {why}" for p, why in loaded.skipped[:3]) or "no files given"
         raise DocumentError(

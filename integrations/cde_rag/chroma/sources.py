@@ -14,8 +14,6 @@ what an uninterrupted run leaves.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 from chromadb.api.models.Collection import Collection
 
-from ..documents import chunk_id
+from ..documents import SOURCE_RECORDS_KEY, SOURCE_VERSION_KEY, chunk_id, version_of
 from ..errors import InputError
 from ..model import check_texts
 from ._compat import server_of
@@ -38,8 +36,8 @@ from .records import (
 from .tracking import count_removed
 
 SOURCE_KEY = "source"
-VERSION_KEY = "cde_rag_source_version"
-RECORDS_KEY = "cde_rag_source_records"
+VERSION_KEY = SOURCE_VERSION_KEY
+RECORDS_KEY = SOURCE_RECORDS_KEY
 # Sources asked for in one `$in` filter.
 _SOURCES_PER_QUERY = 100
 
@@ -79,15 +77,6 @@ class SyncResult:
     kept: int = 0
     removed: int = 0
     unchanged_sources: list[str] = field(default_factory=list)
-
-
-def version_of(parts: Iterable[Any]) -> str:
-    """A content hash of JSON-able parts, for a source's version."""
-    digest = hashlib.sha256(b"cde-rag-source/1\0")
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, ensure_ascii=False).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:32]
 
 
 def list_sources(collection: Collection, sources: Iterable[str] | None = None) -> list[SourceInfo]:
