@@ -351,14 +351,16 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _module_files() -> dict[str, str]:
-    """Installed module paths (`a/b/c.py`, `a/b/__init__.py`) -> distribution name."""
-    owners = {}
-    for dist in importlib.metadata.distributions():
-        for file in dist.files or ():
-            if file.suffix in (".py", ".so", ".pyd"):
-                owners[file.as_posix()] = dist.metadata["Name"]
-    return owners
+def _owner(module: str) -> str | None:
+    """The installed distribution that provides `module` (a dotted name), if any."""
+    path = module.replace(".", "/")
+    wanted = {f"{path}/__init__.py", f"{path}.py"}
+    candidates = importlib.metadata.packages_distributions().get(module.partition(".")[0], [])
+    for name in dict.fromkeys(candidates):
+        records = importlib.metadata.distribution(name).files or ()
+        if any(file.as_posix() in wanted for file in records):
+            return name
+    return None
 
 
 def _imported_modules(code: str) -> set[str]:
@@ -375,7 +377,6 @@ def _imported_modules(code: str) -> set[str]:
 
 def test_every_readme_import_is_installed_by_the_all_extra():
     wanted = _requirement_names("all")
-    owners = _module_files()
     missing = []
     for block in BLOCKS:
         if block.lang != "python":
@@ -384,15 +385,7 @@ def test_every_readme_import_is_installed_by_the_all_extra():
             top = module.partition(".")[0]
             if top in sys.stdlib_module_names or top == "cde_rag":
                 continue
-            path = module.replace(".", "/")
-            owner = next(
-                (
-                    owners[f"{path}{suffix}"]
-                    for suffix in ("/__init__.py", ".py")
-                    if f"{path}{suffix}" in owners
-                ),
-                None,
-            )
+            owner = _owner(module)
             if owner is None:
                 missing.append(f"{block.where}: {module} is not installed here")
             elif _normalise(owner) not in wanted:
