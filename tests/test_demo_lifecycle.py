@@ -6,11 +6,11 @@ the same through the page)."""
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
 import pytest
+from topic_texts import CODE, RIVERS, prose
 
 from cde_rag.chroma import REFIT_THRESHOLD
 from cde_rag.demo.file_times import FILE_NAME
@@ -27,40 +27,11 @@ Rabbits dig burrows and thump the ground when they are alarmed."""
 GEO = """Geography notes.
 Paris is the capital of France, and the Seine flows through it.
 Lyon is famous for its food. Marseille is a port on the Mediterranean."""
-RIVERS = [
-    "river",
-    "bank",
-    "water",
-    "fish",
-    "stream",
-    "flood",
-    "boat",
-    "shore",
-    "current",
-    "delta",
-    "rain",
-    "lake",
-]
-CODE = [
-    "algorithm",
-    "compiler",
-    "kernel",
-    "thread",
-    "mutex",
-    "pointer",
-    "cache",
-    "register",
-    "syscall",
-    "socket",
-]
 
 
-def prose(words: list[str], count: int, seed: int) -> str:
-    """`count` paragraphs of 40 words drawn from `words`, one chunk each at chunk_size 400."""
-    rng = random.Random(seed)
-    return "\n\n".join(
-        " ".join(rng.choice(words) for _ in range(40)).capitalize() + "." for _ in range(count)
-    )
+def paragraphs(words: list[str], count: int, seed: int) -> str:
+    """`count` paragraphs on one topic: one chunk each at chunk_size 400."""
+    return "\n\n".join(prose(words, count, seed))
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -189,7 +160,7 @@ def test_removing_a_file_deletes_its_chunks_and_keeps_the_context(index, tmp_pat
 def test_the_context_panel_reports_staleness_and_a_refit_resets_it(tiny_model, tmp_path):
     index = DemoIndex(tiny_model, tmp_path / "data", chunk_size=400, chunk_overlap=0)
     assert index.status() is None and index.check_drift() is None
-    rivers = [write(tmp_path / "a", f"rivers{i}.txt", prose(RIVERS, 10, i)) for i in range(4)]
+    rivers = [write(tmp_path / "a", f"rivers{i}.txt", paragraphs(RIVERS, 10, i)) for i in range(4)]
     index.index_files(rivers)
     status = index.status()
     assert status["fitted_on"] == status["records"] == 40
@@ -209,7 +180,9 @@ def test_the_context_panel_reports_staleness_and_a_refit_resets_it(tiny_model, t
     # The corpus moves to another topic: half the files replaced by code.
     for i in range(2):
         index.remove_file(f"rivers{i}.txt")
-    index.index_files([write(tmp_path / "b", f"code{i}.txt", prose(CODE, 10, i)) for i in range(2)])
+    index.index_files(
+        [write(tmp_path / "b", f"code{i}.txt", paragraphs(CODE, 10, i)) for i in range(2)]
+    )
     status = index.status()
     assert (status["records"], status["added"], status["removed"]) == (40, 20, 20)
     assert status["drift"] == checked["drift"] and status["drift_outdated"]

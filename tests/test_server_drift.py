@@ -5,49 +5,17 @@ server's limits, with a clear 4xx for every bad request, and no side effect."""
 
 from __future__ import annotations
 
-import random
-
 import httpx
 import pytest
 from server_process import ServerProcess
+from topic_texts import CODE, RIVERS, prose
 
 from cde_rag.drift import REFIT_THRESHOLD, measure_drift
 
 pytestmark = pytest.mark.server
 
-RIVERS = [
-    "river",
-    "bank",
-    "water",
-    "fish",
-    "stream",
-    "flood",
-    "boat",
-    "shore",
-    "current",
-    "delta",
-    "rain",
-    "lake",
-]
-CODE = [
-    "algorithm",
-    "compiler",
-    "kernel",
-    "thread",
-    "mutex",
-    "pointer",
-    "cache",
-    "register",
-    "syscall",
-    "socket",
-]
 MAX_INPUTS = 100
 MAX_TOKENS = 20000
-
-
-def prose(words: list[str], count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(words) for _ in range(40)) + "." for _ in range(count)]
 
 
 @pytest.fixture(scope="module")

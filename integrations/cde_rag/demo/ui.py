@@ -285,14 +285,11 @@ def build_demo(
                         visible=bool(samples),
                     )
                 status = gr.Markdown(elem_id="status", label="Status", container=True)
-                file_table = gr.Dataframe(
-                    headers=FILE_HEADERS,
-                    type="array",
-                    label="Indexed files (upload a changed file under its name to replace it)",
-                    interactive=False,
-                    wrap=True,
-                    column_widths=["50%", "15%", "35%"],
-                    elem_id="indexed-files",
+                file_table = _table(
+                    FILE_HEADERS,
+                    "Indexed files (upload a changed file under its name to replace it)",
+                    ["40%", "24%", "36%"],
+                    "indexed-files",
                     max_height=300,
                 )
                 with gr.Row():
@@ -321,15 +318,12 @@ def build_demo(
                 question, ask = _question_row(
                     "Question", "Ask a question about your documents", "question", "Ask", "ask"
                 )
-                sources = gr.Dataframe(
-                    headers=SOURCE_HEADERS,
-                    type="array",
-                    label="Sources (cited as [n] in the answer; click a text for all of it)",
-                    interactive=False,
-                    wrap=True,
-                    column_widths=["7%", "25%", "68%"],
+                sources = _table(
+                    SOURCE_HEADERS,
+                    "Sources (cited as [n] in the answer; click a text for all of it)",
+                    ["7%", "25%", "68%"],
+                    "sources",
                     max_chars=SOURCE_TEXT_CHARS,
-                    elem_id="sources",
                     max_height=420,
                 )
         gr.Markdown("## Corpus context")
@@ -353,14 +347,11 @@ def build_demo(
                     "Compare",
                     "compare",
                 )
-                comparison = gr.Dataframe(
-                    headers=COMPARE_HEADERS,
-                    type="array",
-                    interactive=False,
-                    wrap=True,
-                    column_widths=["14%", "43%", "43%"],
-                    elem_id="comparison",
-                    label="Top chunks with and without the corpus context",
+                comparison = _table(
+                    COMPARE_HEADERS,
+                    "Top chunks with and without the corpus context",
+                    ["14%", "43%", "43%"],
+                    "comparison",
                 )
                 compare_note = gr.Markdown(elem_id="compare-note")
 
@@ -409,6 +400,24 @@ def build_demo(
                 show_progress_on=[comparison],
             )
     return demo
+
+
+def _table(
+    headers: list[str], label: str, widths: list[str], elem_id: str, **options: Any
+) -> gr.Dataframe:
+    """A read-only table of rows the page fills in (text wraps)."""
+    import gradio as gr
+
+    return gr.Dataframe(
+        headers=headers,
+        type="array",
+        label=label,
+        interactive=False,
+        wrap=True,
+        column_widths=widths,
+        elem_id=elem_id,
+        **options,
+    )
 
 
 def _question_row(
