@@ -5,11 +5,11 @@ re-fit (rebuild through the staging collection) resets both; the same through th
 from __future__ import annotations
 
 import json
-import random
 
 import chromadb
 import numpy as np
 import pytest
+from topic_texts import CODE, RIVERS, prose
 
 from cde_rag.chroma import (
     REFIT_THRESHOLD,
@@ -27,37 +27,6 @@ from cde_rag.cli import main
 from cde_rag.context import CorpusContext
 
 SETTINGS = chromadb.Settings(anonymized_telemetry=False)
-RIVERS = [
-    "river",
-    "bank",
-    "water",
-    "fish",
-    "stream",
-    "flood",
-    "boat",
-    "shore",
-    "current",
-    "delta",
-    "rain",
-    "lake",
-]
-CODE = [
-    "algorithm",
-    "compiler",
-    "kernel",
-    "thread",
-    "mutex",
-    "pointer",
-    "cache",
-    "register",
-    "syscall",
-    "socket",
-]
-
-
-def prose(words: list[str], count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(words) for _ in range(40)) + "." for _ in range(count)]
 
 
 def sources(texts: list[str], prefix: str, per_file: int = 10) -> list[SourceRecords]:

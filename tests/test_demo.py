@@ -22,6 +22,7 @@ from cde_rag.demo_app import (
     build_demo,
     chat_text,
     context_markdown,
+    file_rows,
     launch,
     launch_options,
     md_escape,
@@ -119,7 +120,8 @@ def test_index_answer_and_restart(index, files, tiny_model, tmp_path):
     again = DemoIndex(tiny_model, tmp_path / "data", chunk_size=120, chunk_overlap=0)
     assert dict(again.documents()) == docs
     assert again.context().fingerprint == context.fingerprint
-    assert "pets.md" in status_markdown(again)
+    assert "**Indexed:** 2 files" in status_markdown(again)
+    assert {row[0] for row in file_rows(again.files())} == {"pets.md", "geo.txt"}
     # Indexing the same files again stores nothing twice.
     assert ", 0 new," in again.index_files(files)
     assert dict(again.documents()) == docs

@@ -3,9 +3,11 @@
 Two browser sessions share one index: session A uploads two files, indexes them (watching
 the context fit batch by batch), asks, and sees an answer with citations and the sources;
 session B sees the same index, asks its own question without touching A's chat, gets a clear
-reason for a hostile binary upload, and is answered while A indexes another file. Then the
-page as a user sees it: an empty question, a phone-wide screen, an LLM that fails or obeys a
-planted document, and forged Host headers. The page may not reach anything but the demo's own
+reason for a hostile binary upload, and is answered while A indexes another file. The index
+follows the documents: a file is removed, a changed one uploaded again replaces its chunks,
+answers cite only the current text, and the context panel tracks staleness until a re-fit.
+Then the page as a user sees it: an empty question, a phone-wide screen, an LLM that fails or
+obeys a planted document, and forged Host headers. The page may not reach anything but the demo's own
 address. Screenshots land in test-artifacts/ (demo.png is the README's).
 """
 
@@ -294,7 +296,8 @@ def test_upload_index_ask_in_two_sessions(demo_url, browser, tmp_path):
     assert len(batches) >= 4, seen  # it moved, batch by batch
     assert not [text for text in seen if re.search(r"\b0/1\b|1/1 steps", text)]
     assert "fitted on these chunks" in status
-    assert "tea-brewing.md" in status and "tea-history.txt" in status
+    listed = wait_for_text(a, "#indexed-files", "tea-history.txt")
+    assert "tea-brewing.md" in listed
     context = wait_for_text(a, "#context", "context fingerprint")
     assert "seed 42" in context and "N = 32" in context
 
@@ -354,6 +357,128 @@ def test_upload_index_ask_in_two_sessions(demo_url, browser, tmp_path):
     b.context.close()
 
 
+PETS_OLD = """# Pets
+Cats sleep for most of the day and purr when they are content.
+A parrot can live for many decades and learns to copy words."""
+PETS_NEW = """# Pets
+Goldfish swim in circles and remember their feeding time.
+Rabbits dig burrows and thump the ground when they are alarmed."""
+# Markdown in a name (Gradio strips < > from uploaded names; these characters stay).
+GEO_NAME = "__geo__ [notes](x).txt"
+GEO = """Geography notes.
+Paris is the capital of France, and the Seine flows through it."""
+
+
+@pytest.fixture(scope="module")
+def lifecycle_demo_url(tiny_path, tmp_path_factory):
+    """The demo with extractive answers and a fresh index of its own, unpaced."""
+    with running_demo(tmp_path_factory.mktemp("lifecycle"), "--model", tiny_path) as url:
+        yield url
+
+
+def choose(page, dropdown: str, option: str) -> None:
+    """Pick `option` in a Gradio dropdown, as a user does: open it, click the option."""
+    page.click(f"{dropdown} input")
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_function(
+        "([s, v]) => document.querySelector(s + ' input').value === v",
+        arg=[dropdown, option],
+        polling=100,
+    )
+
+
+def file_table(page) -> dict[str, list[str]]:
+    """The indexed-files table as shown: file -> [chunks, indexed]."""
+    cells = page.locator("#indexed-files [role=gridcell]").all_inner_texts()
+    rows = [[c.strip() for c in cells[i : i + 3]] for i in range(0, len(cells), 3)]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_remove_a_file_replace_a_changed_one_and_watch_the_context_go_stale(
+    lifecycle_demo_url, browser, tmp_path
+):
+    outside: list[str] = []
+    page = open_session(browser, lifecycle_demo_url, outside)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "pets.md").write_text(PETS_OLD)
+    (old / GEO_NAME).write_text(GEO)  # a name full of markup: shown, never run
+    tea = bundled_samples_dir() / "tea-brewing.md"
+    upload(page, [old / "pets.md", old / GEO_NAME, tea])
+    page.click("#index")
+    wait_for_text(page, "#status", "Indexed 3 files")
+    wait_for_text(page, "#indexed-files", "tea-brewing.md")
+    listed = file_table(page)
+    assert set(listed) == {"pets.md", GEO_NAME, "tea-brewing.md"}, listed
+    assert page.locator("#indexed-files strong, #indexed-files a").count() == 0
+    for chunks, when in listed.values():
+        assert chunks == "1" and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", when), listed
+    context = wait_for_text(page, "#context", "Since the fit")
+    assert "fitted on 3 chunks, the index holds 3 chunks now: 0 added, 0 removed" in context
+    assert "not measured for this context yet" in context
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo-files.png"), full_page=True)
+
+    # Remove one file: its chunk goes, the context stays and counts the removal.
+    choose(page, "#remove-file", GEO_NAME)
+    page.click("#remove")
+    wait_for_text(page, "#status", f"Removed {GEO_NAME}")
+    assert page.locator("#status a").count() == 0
+    page.wait_for_function(
+        "!document.querySelector('#indexed-files').innerText.includes('__geo__')", polling=100
+    )
+    assert set(file_table(page)) == {"pets.md", "tea-brewing.md"}
+    context = wait_for_text(page, "#context", "0 added, 1 removed")
+    assert "fitted on 3 chunks, the index holds 2 chunks now" in context
+    assert "Indexed: 2 files, 2 chunks" in page.inner_text("#status")
+    page.screenshot(path=str(ARTIFACTS / "demo-removed.png"), full_page=True)
+
+    # Upload a changed pets.md: its old chunk is replaced, nothing of it remains.
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "pets.md").write_text(PETS_NEW)
+    upload(page, [new / "pets.md"])
+    page.click("#index")
+    status = wait_for_text(page, "#status", "Indexed 1 file")
+    assert "1 new" in status and "1 old chunk replaced" in status, status
+    assert set(file_table(page)) == {"pets.md", "tea-brewing.md"}
+    wait_for_text(page, "#context", "1 added, 2 removed")
+
+    answer = ask(page, "Which pets purr, swim in circles or dig burrows?")
+    sources = page.inner_text("#sources")
+    shown = answer + sources
+    for gone in ("Cats sleep", "parrot", "Paris"):
+        assert gone not in shown, shown
+    assert "Goldfish swim" in sources or "Rabbits dig" in sources
+    labels = page.locator('#sources [role=gridcell][data-col="1"]').all_inner_texts()
+    assert labels and all(label.startswith(("pets.md #", "tea-brewing.md #")) for label in labels)
+    last = page.locator("#chatbot .message").last.inner_text()
+    assert re.findall(r"\[(\d+)\]", last), last
+    page.screenshot(path=str(ARTIFACTS / "demo-replaced.png"), full_page=True)
+
+    # Drift on demand, then a re-fit resets the status.
+    page.click("#check-drift")
+    context = wait_for_text(page, "#context", "on a sample of 2 chunks")
+    drift = float(re.search(r"Drift: (\d+\.\d+) on a sample", context).group(1))
+    print(f"drift after the changes: {drift}")
+    advice = "Re-fit recommended" if drift > 0.1 else "no re-fit needed"
+    assert advice in context, context
+    page.locator("#context").screenshot(path=str(ARTIFACTS / "demo-drift.png"))
+    page.click("#refit")
+    wait_for_text(page, "#status", "Re-fitted the context")
+    context = wait_for_text(page, "#context", "0 added, 0 removed")
+    assert "fitted on 2 chunks, the index holds 2 chunks now" in context
+    assert "not measured for this context yet" in context
+    page.click("#check-drift")
+    context = wait_for_text(page, "#context", "on a sample of 2 chunks")
+    refitted = float(re.search(r"Drift: (\d+\.\d+) on a sample", context).group(1))
+    print(f"drift after the re-fit: {refitted}")
+    assert refitted < 0.1 and "no re-fit needed" in context
+    page.screenshot(path=str(ARTIFACTS / "demo-refit.png"), full_page=True)
+    assert outside == []
+    page.context.close()
+
+
 def planted_answer(listener_url: str) -> str:
     """A document whose planted instruction makes an obedient LLM answer with markup that
     would fetch from, or post to, the attacker's listener if the page rendered it."""
@@ -404,11 +529,13 @@ def ask_about_planted_document(url, browser, folder: Path, listener: Listener):
     planted.write_text(planted_answer(listener.url), encoding="utf-8")
     upload(page, [planted])
     page.click("#index")
-    wait_for_text(page, "#status", "harvest.txt")
+    wait_for_text(page, "#status", "Indexed 1 file")
+    wait_for_text(page, "#indexed-files", "harvest.txt")
     ask(page, "When was the spring harvest described with a chart?")
     time.sleep(2)  # time for any fetch the page would make
     assert listener.requests == [] and outside == []
-    for panel in ("#chatbot .message-content", "#sources [role=gridcell]", "#context", "#status"):
+    panels = ("#chatbot .message-content", "#sources [role=gridcell]", "#context", "#status")
+    for panel in (*panels, "#indexed-files [role=gridcell]"):
         assert_inert(page, panel)
     return page
 

@@ -64,6 +64,8 @@ def test_openapi_documents_every_status_and_typed_bodies(live_server):
         | auth
     )
     assert statuses[("DELETE", "/v1/contexts/{context_id}")] == {"200", "400", "404", "500"} | auth
+    drift = statuses[("POST", "/v1/contexts/{context_id}/drift")]
+    assert drift == {"200", "400", "404", "413", "500"} | auth
     assert all("422" not in s for s in statuses.values())
     schemas = doc["components"]["schemas"]
     assert "HTTPValidationError" not in schemas

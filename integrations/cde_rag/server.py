@@ -45,6 +45,7 @@ from .context_store import (
     is_default_id,
     write_context_file,
 )
+from .drift import REFIT_THRESHOLD, measure_drift
 from .errors import ContextError
 from .hosts import HostCheckMiddleware, allowed_hosts, is_loopback
 from .model import CDEModel
@@ -57,6 +58,8 @@ from .server_schema import (
     ContextInfo,
     ContextList,
     ContextRequest,
+    DriftReport,
+    DriftRequest,
     EmbeddingRequest,
     EmbeddingResponse,
     Health,
@@ -206,11 +209,27 @@ def create_app(
     def describe(context_id: str, ctx: CorpusContext, sample: int = 5) -> dict[str, Any]:
         return context_object(context_id, ctx, sample, model_label=label)
 
-    def resolve_context(context_id: str | None) -> tuple[str, CorpusContext]:
+    def resolve_context(
+        context_id: str | None, param: str = "context"
+    ) -> tuple[str, CorpusContext]:
         if is_default_id(context_id):
             return DEFAULT_CONTEXT_ID, default_context
-        ctx = store.get(context_id)
-        return check_context_id(context_id), ctx
+        ctx = store.get(context_id, param)
+        return check_context_id(context_id, param), ctx
+
+    async def count_tokens(texts: list[str], input_type: str, param: str) -> list[int]:
+        """Tokens per text, or a 400 when the request's total is over --max-tokens."""
+        tokens = await run_in_threadpool(model.count_tokens, texts, input_type)
+        if sum(tokens) > limits.max_tokens:
+            raise APIError(
+                400,
+                f"This request has {sum(tokens)} tokens (each text cut to the model's "
+                f"{model.max_length}); at most {limits.max_tokens} are allowed per request "
+                f"(cde-rag serve --max-tokens). Split '{param}' into several requests.",
+                param=param,
+                code="max_tokens_per_request",
+            )
+        return tokens
 
     def model_object(name: str = SERVED_NAME) -> dict[str, Any]:
         return {
@@ -274,16 +293,7 @@ def create_app(
             )
         texts = check_texts_field(body.input, "input", limits.max_inputs)
         context_id, ctx = resolve_context(body.context)
-        tokens = await run_in_threadpool(model.count_tokens, texts, body.input_type)
-        if sum(tokens) > limits.max_tokens:
-            raise APIError(
-                400,
-                f"This request has {sum(tokens)} tokens (each text cut to the model's "
-                f"{model.max_length}); at most {limits.max_tokens} are allowed per request "
-                "(cde-rag serve --max-tokens). Split the input into several requests.",
-                param="input",
-                code="max_tokens_per_request",
-            )
+        tokens = await count_tokens(texts, body.input_type, "input")
         vectors, tokens = await batcher.embed(
             texts, context=ctx, input_type=body.input_type, tokens=tokens
         )
@@ -359,6 +369,50 @@ def create_app(
             )
         deleted = await run_in_threadpool(store.delete, context_id)
         return {"object": "context.deleted", "id": deleted, "deleted": True}
+
+    @app.post(
+        "/v1/contexts/{context_id}/drift",
+        response_model=DriftReport,
+        responses=error_responses(404, 413),
+    )
+    async def context_drift(context_id: ContextId, body: DriftRequest) -> dict[str, Any]:
+        """How far `documents` have drifted from the context (`cde_rag.drift`): the first stage
+        on each document, bounded like an embeddings request. Nothing is stored."""
+        context_id, ctx = resolve_context(context_id, "context_id")
+        texts = check_texts_field(body.documents, "documents", limits.max_inputs)
+        population = len(texts) if body.population is None else body.population
+        if population < len(texts):
+            raise APIError(
+                400,
+                f"'population' ({population}) is the number of documents the sample was drawn "
+                f"from, so it cannot be less than the {len(texts)} sent; omit it when they are "
+                "all of them.",
+                param="population",
+            )
+        await count_tokens(texts, "document", "documents")
+        drift = await run_in_threadpool(
+            measure_drift, model, ctx, texts, population=population, show_progress=False
+        )
+        recommended = drift > REFIT_THRESHOLD
+        if recommended:
+            advice = (
+                f"Drift {drift:.3f} is above {REFIT_THRESHOLD}: these documents have moved away "
+                "from what the context was fitted on. Fit a new context on them (POST "
+                "/v1/contexts) and re-embed the vectors you stored with this one."
+            )
+        else:
+            advice = f"Drift {drift:.3f} is within {REFIT_THRESHOLD}: the context still fits."
+        return {
+            "object": "context.drift",
+            "id": context_id,
+            "fingerprint": ctx.fingerprint,
+            "drift": drift,
+            "sampled": len(texts),
+            "population": population,
+            "threshold": REFIT_THRESHOLD,
+            "refit_recommended": recommended,
+            "advice": advice,
+        }
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

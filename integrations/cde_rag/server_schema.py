@@ -206,6 +206,32 @@ class ContextRequest(RequestBody):
     embeddings: list[list[float]] | None = None
 
 
+class DriftRequest(RequestBody):
+    """Documents as they are now, to score against a stored context (`cde_rag.drift`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"documents": ["first doc", "second doc"]}]}
+    )
+
+    documents: Annotated[
+        Any,
+        WithJsonSchema(
+            _texts_schema(
+                "Your documents now, or a sample of them (the first stage runs on each: the "
+                "same limits as 'input' of /v1/embeddings).",
+                MAX_INPUTS,
+            )
+        ),
+    ]
+    population: int | None = Field(
+        None,
+        ge=1,
+        description="How many documents the sample was drawn from (without replacement), "
+        "so its sampling noise is taken out; at least the number sent. Omitted: the documents "
+        "sent are the whole corpus.",
+    )
+
+
 # -- response bodies ---------------------------------------------------------------------------
 
 
@@ -297,6 +323,22 @@ class ContextDeleted(BaseModel):
     deleted: bool
 
 
+class DriftReport(BaseModel):
+    object: Literal["context.drift"]
+    id: str
+    fingerprint: str = Field(description=_FINGERPRINT)
+    drift: float = Field(
+        description="How far the documents' mean first-stage embedding lies from the "
+        "context's, sampling noise taken out, in units of the context's spread: about 0 for "
+        "the documents the context was fitted on (see the README)."
+    )
+    sampled: int = Field(description="Documents scored.")
+    population: int = Field(description="Documents they were drawn from.")
+    threshold: float = Field(description="Above it a re-fit is recommended (a heuristic).")
+    refit_recommended: bool
+    advice: str
+
+
 class ModelInfo(BaseModel):
     id: str
     object: Literal["model"]
@@ -370,7 +412,8 @@ def finish_openapi(
     schemas = document["components"]["schemas"]
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
-    schemas["EmbeddingRequest"]["properties"]["input"]["anyOf"][1]["maxItems"] = max_inputs
+    for request, field in (("EmbeddingRequest", "input"), ("DriftRequest", "documents")):
+        schemas[request]["properties"][field]["anyOf"][1]["maxItems"] = max_inputs
     context_request = schemas["ContextRequest"]
     context_request["oneOf"] = [{"required": ["documents"]}, {"required": ["embeddings"]}]
     context_request["properties"]["embeddings"] = {

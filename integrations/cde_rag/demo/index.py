@@ -32,10 +32,12 @@ from ..documents import (
     SUPPORTED_SUFFIXES,
     LoadResult,
 )
+from ..drift import DEFAULT_SAMPLE
 from ..errors import ContextError
 from ..model import CDEModel
 from ..paths import data_dir
-from .render import count, skipped_lines
+from .file_times import FileTimes
+from .render import count, md_escape, skipped_lines
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -76,6 +78,28 @@ def sample_files(folder: str | os.PathLike[str] | None = None) -> list[Path]:
     if not where.is_dir():
         return []
     return sorted(p for p in where.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class IndexedFile:
+    """A file as the index holds it: its chunks, and when this version of it was stored (None:
+    not recorded, e.g. stored by an older demo). `complete` is False for a file whose update
+    was interrupted (old and new chunks side by side): indexing it again finishes it."""
+
+    name: str
+    chunks: int
+    indexed_at: float | None
+    complete: bool
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The last drift measurement (`DemoIndex.check_drift`): the status it was part of, and
+    the collection state it saw (context fingerprint, records, removals), to tell whether the
+    index changed since."""
+
+    status: dict[str, Any]
+    seen: tuple[str, int, int | None]
 
 
 @dataclass
@@ -141,6 +165,8 @@ class DemoIndex:
         self._fallback: CorpusContext | None = None
         self._fallback_vectors: dict[str, np.ndarray] = {}
         self._fallback_lock = threading.Lock()
+        self._times = FileTimes(self.data_dir)
+        self._drift: Drift | None = None
 
     # -- the collection --------------------------------------------------------------------
 
@@ -171,16 +197,59 @@ class DemoIndex:
         collection = self.collection()
         return get_context(collection) if collection is not None else None
 
-    def documents(self) -> list[tuple[str, int]]:
-        """(file, chunk count) for every indexed file, sorted by file name."""
+    def files(self) -> list[IndexedFile]:
+        """Every indexed file, sorted by name (reads each chunk's metadata, no vectors)."""
+        from ..chroma import list_sources
+
         collection = self.collection()
         if collection is None:
             return []
-        counts: dict[str, int] = {}
-        for meta in _all_metadatas(collection, self.client.get_max_batch_size()):
-            source = str((meta or {}).get("source", "?"))
-            counts[source] = counts.get(source, 0) + 1
-        return sorted(counts.items())
+        times = self._times.read()
+        return [
+            IndexedFile(info.source, info.records, self._times.time_of(info, times), info.complete)
+            for info in list_sources(collection)
+        ]
+
+    def documents(self) -> list[tuple[str, int]]:
+        """(file, chunk count) for every indexed file, sorted by file name (`files` says more)."""
+        return [(f.name, f.chunks) for f in self.files()]
+
+    def status(self) -> dict[str, Any] | None:
+        """The context's staleness (`cde_rag.chroma.context_status(...).to_dict()`): counts
+        since the fit, read from metadata at no model cost, and the last drift measured for
+        this context (`check_drift`) with `drift_outdated` when the index changed since.
+        None before the first indexing."""
+        from ..chroma import context_status
+
+        collection = self.collection()
+        if collection is None:
+            return None
+        status = {**context_status(collection, sample=0).to_dict(), "drift_outdated": False}
+        last = self._drift
+        if last is not None and last.seen[0] == status["context"]:
+            for key in ("drift", "sampled", "refit_recommended", "advice"):
+                status[key] = last.status[key]
+            status["drift_outdated"] = last.seen != _seen(status)
+        return status
+
+    def check_drift(self, progress: ProgressFn | None = None) -> dict[str, Any] | None:
+        """Measure the drift score on a sample of up to `DEFAULT_SAMPLE` stored chunks (the
+        first stage of the model on them) and remember it for `status`; None when nothing is
+        indexed."""
+        from ..chroma import context_status
+
+        collection = self.collection()
+        if collection is None:
+            return None
+        if progress is not None:
+            progress("drift", 0, 1)
+        status = context_status(
+            collection, sample=DEFAULT_SAMPLE, model=self.model, show_progress=False
+        ).to_dict()
+        self._drift = Drift(status, _seen(status))
+        if progress is not None:
+            progress("drift", 1, 1)
+        return self.status()
 
     # -- indexing --------------------------------------------------------------------------
 
@@ -207,6 +276,8 @@ class DemoIndex:
         if not loaded.documents:
             return "**Nothing indexed:** no file could be read.\n\n" + skipped
         with self.lock:
+            # A file uploaded again under its name replaces its stored version (its old chunks
+            # are deleted once the new ones are stored); an unchanged one stores nothing.
             report = index_documents(
                 loaded.documents,
                 client=self.client,
@@ -217,14 +288,47 @@ class DemoIndex:
                 seed=self.seed,
                 progress=progress,
             )
+            self._record_times({doc.source for doc in loaded.documents})
         how = "fitted on these chunks" if report.new_collection else "kept (re-fit to update it)"
+        replaced = f", {count(report.removed, 'old chunk')} replaced" if report.removed else ""
         message = (
             f"**Indexed {count(report.files, 'file')}** in {time.perf_counter() - started:.1f} s: "
             f"{count(report.chunks, 'chunk')}, {report.added} new, {report.skipped} already "
-            "stored; "
-            f"context `{report.context[:12]}` {how}."
+            f"stored{replaced}; context `{report.context[:12]}` {how}."
         )
         return message + ("\n\n" + skipped if skipped else "")
+
+    def remove_file(self, name: str, progress: ProgressFn | None = None) -> str:
+        """Delete every chunk of the indexed file `name`; Markdown for the status box.
+
+        The corpus context stays as it was fitted (re-fit to fit it on what is left), and the
+        removal counts in its status."""
+        from ..chroma import delete_source, list_sources
+
+        if not name:
+            return "Choose an indexed file to remove first."
+        with self.lock:
+            collection = self.collection()
+            if collection is None or not list_sources(collection, [name]):
+                return f"**{md_escape(name)} is not indexed** (nothing was removed)."
+
+            def step(done: int, total: int) -> None:
+                if progress is not None:
+                    progress("remove", done, total)
+
+            removed = delete_source(collection, name, progress=step)
+            self._times.forget([name])
+        return (
+            f"**Removed {md_escape(name)}:** {count(removed, 'chunk')} deleted. The corpus "
+            "context stays as it was fitted until you re-fit it."
+        )
+
+    def _record_times(self, names: set[str]) -> None:
+        from ..chroma import list_sources
+
+        collection = self.collection()
+        if collection is not None and names:
+            self._times.record(list_sources(collection, names), time.time())
 
     def _load(self, paths: Sequence[Path], progress: ProgressFn | None) -> LoadResult:
         """Read each file on its own: whatever one file's loader raises (a parser that rejects
@@ -406,15 +510,9 @@ def _exists(client: Any, name: str) -> bool:
     return True
 
 
-def _all_metadatas(collection: Collection, page: int) -> list[dict[str, Any] | None]:
-    out: list[dict[str, Any] | None] = []
-    offset = 0
-    while True:
-        got = collection.get(include=["metadatas"], limit=page, offset=offset)  # type: ignore[list-item]
-        if not got["ids"]:
-            return out
-        out += got["metadatas"] or [None] * len(got["ids"])
-        offset += len(got["ids"])
+def _seen(status: dict[str, Any]) -> tuple[str, int, int | None]:
+    """What a status saw of the collection: its context, its records and removals since."""
+    return (status["context"], status["records"], status["removed"])
 
 
 def _label(meta: dict[str, Any] | None) -> str:

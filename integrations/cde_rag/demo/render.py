@@ -13,16 +13,18 @@ import re
 import sys
 import traceback
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..answer import Source
+from ..drift import DEFAULT_SAMPLE as DRIFT_SAMPLE
 from ..errors import CDEError
 
 if TYPE_CHECKING:
     from markdown_it import MarkdownIt
 
-    from .index import Answer, Comparison, DemoIndex
+    from .index import Answer, Comparison, DemoIndex, IndexedFile
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-!|>~<])")
@@ -55,33 +57,47 @@ def failure(exc: BaseException) -> str:
     return f"internal error ({type(exc).__name__}: {exc}); the demo's log has the details."
 
 
-def status_markdown(index: DemoIndex, message: str | None = None) -> str:
-    """The status box: the last message, then what is indexed now (shared by all sessions)."""
+def status_markdown(
+    index: DemoIndex, message: str | None = None, files: Sequence[IndexedFile] | None = None
+) -> str:
+    """The status box: the last message, then how much is indexed now (shared by all
+    sessions; the files themselves are in the files table, `file_rows`). `files` saves
+    reading them again when the caller has them."""
     parts = [message] if message else []
     try:
-        docs = index.documents()
+        files = index.files() if files is None else files
     except CDEError as exc:
         return "\n\n".join([*parts, f"**Index unusable:** {md_escape(str(exc))}"])
-    if docs:
-        chunks = sum(n for _, n in docs)
-        listing = "\n".join(f"- {md_escape(name)}: {count(n, 'chunk')}" for name, n in docs[:30])
-        more = f"\n- … and {len(docs) - 30} more files" if len(docs) > 30 else ""
-        parts.append(
-            f"**Indexed:** {count(len(docs), 'file')}, {count(chunks, 'chunk')}\n\n{listing}{more}"
-        )
+    if files:
+        chunks = sum(f.chunks for f in files)
+        parts.append(f"**Indexed:** {count(len(files), 'file')}, {count(chunks, 'chunk')}")
     else:
         parts.append("**Nothing indexed yet.** Upload files, then press Index.")
     return "\n\n".join(parts)
 
 
+def file_rows(files: Sequence[IndexedFile]) -> list[list[Any]]:
+    """The indexed-files table: name, chunks, when this version was stored (local time)."""
+    return [[f.name, f.chunks, _when(f)] for f in files]
+
+
+def _when(file: IndexedFile) -> str:
+    if not file.complete:
+        return "unfinished: index it again"
+    if file.indexed_at is None:
+        return "not recorded"
+    return datetime.fromtimestamp(file.indexed_at).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
 def context_markdown(index: DemoIndex) -> str:
-    """The context panel: what the stored context was fitted on, and its fingerprint."""
+    """The context panel: what the stored context was fitted on, its fingerprint, and how
+    stale it is (counts since the fit, the last drift measured)."""
     try:
         context = index.context()
-        stored = index.collection().count() if context is not None else 0  # type: ignore[union-attr]
+        status = index.status() if context is not None else None
     except CDEError as exc:
         return f"**The stored context cannot be used:** {md_escape(str(exc))}"
-    if context is None:
+    if context is None or status is None:
         return (
             f"No corpus context yet. The first indexing fits one on the chunks: "
             f"{index.model.corpus_size} of them (sampled with seed {index.seed}, with replacement "
@@ -94,17 +110,54 @@ def context_markdown(index: DemoIndex) -> str:
         f"**Fitted on** {count(info['source_size'] or 0, 'chunk')} (seed {info['seed']}): "
         f"the context holds N = {info['size']} minicorpus entries sampled from them "
         f"({info['unique_documents']} distinct) · created {info['created_at']}",
+        staleness_markdown(status),
     ]
-    if info["source_size"] is not None and stored != info["source_size"]:
-        lines.append(
-            f"The collection now holds {count(stored, 'chunk')}; the context has seen "
-            f"{info['source_size']}. Re-fit to include the newer ones (re-embeds all chunks)."
-        )
     distinct = list(dict.fromkeys(context.minicorpus or ()))[:3]
     if distinct:
         quotes = "\n\n".join(f"> {md_escape(_clip(text, 160))}" for text in distinct)
-        lines.append(f"**Minicorpus sample** ({len(distinct)} distinct entries):\n\n{quotes}")
+        lines.append(
+            f"**Minicorpus sample**, as fitted ({len(distinct)} distinct entries):\n\n{quotes}"
+        )
     return "\n\n".join(lines)
+
+
+def staleness_markdown(status: dict[str, Any]) -> str:
+    """How stale the context is, in plain words, from `DemoIndex.status()` (the fields of
+    `cde_rag.chroma.ContextStatus.to_dict()`)."""
+    records = count(status["records"], "chunk")
+    if status["added"] is None or status["fitted_on"] is None:
+        since = (
+            f"**Since the fit:** the index holds {records} now; changes since the fit were not "
+            "counted (the index predates that). A re-fit starts the count."
+        )
+    else:
+        since = (
+            f"**Since the fit:** fitted on {count(status['fitted_on'], 'chunk')}, the index "
+            f"holds {records} now: {status['added']} added, {status['removed']} removed."
+        )
+    if status["drift"] is None:
+        drift = (
+            "**Drift:** not measured for this context yet. **Check drift** runs the first "
+            f"stage of the model on up to {DRIFT_SAMPLE} stored chunks and compares them with "
+            "the minicorpus."
+        )
+    else:
+        measured = (
+            f"**Drift:** {status['drift']:.3f} on a sample of {count(status['sampled'], 'chunk')} "
+            f"(a re-fit is recommended above {status['threshold']})"
+        )
+        if status["refit_recommended"]:
+            advice = (
+                "**Re-fit recommended:** the documents have moved away from what the context "
+                "was fitted on. Press **Re-fit context**: it re-embeds every chunk, and "
+                "questions are answered meanwhile."
+            )
+        else:
+            advice = "The context still fits the documents: no re-fit needed."
+        drift = f"{measured}. {advice}"
+        if status.get("drift_outdated"):
+            drift += " *Measured before the latest changes: check drift again.*"
+    return f"{since}\n\n{drift}"
 
 
 def model_label(name: str) -> str:

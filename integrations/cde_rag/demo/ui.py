@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..context import DEFAULT_SEED
 from ..documents import SUPPORTED_SUFFIXES
+from ..errors import CDEError
 from .index import DemoIndex, ProgressFn
 from .render import (
     chat_text,
     comparison_rows,
     context_markdown,
     failure,
+    file_rows,
     md_escape,
     source_rows,
     status_markdown,
@@ -34,6 +36,8 @@ PHASES = {
     "chunk": "Chunking",
     "context": "Fitting the corpus context",
     "store": "Embedding and storing chunks",
+    "remove": "Removing chunks",
+    "drift": "Measuring drift (the first stage on a sample of chunks)",
 }
 INTRO = """# cde-rag: chat over your documents
 Drop in .txt, .md, .pdf or .html files and press **Index**: they are split into chunks, a
@@ -44,12 +48,15 @@ COMPARE_HELP = """**With vs. without the corpus context.** *With*: the stored ve
 question embedded with the stored context. *Without*: the same chunks and question embedded with the
 model's no-corpus fallback context (random strings). Rows are ranks; the two columns show which
 chunk each context puts there."""
-_UNITS = {"load": "files", "chunk": "documents", "store": "chunks"}
+_UNITS = {"load": "files", "chunk": "documents", "store": "chunks", "remove": "chunks"}
+# Phases reported only as started and done: their bar shows a share, never "0/1".
+_WHOLE_PHASES = {"context", "drift"}
 MAX_QUESTION_CHARS = 2000
 # Characters of a chunk shown in the sources table (a click shows all): several rows fit.
 SOURCE_TEXT_CHARS = 180
 UPLOAD_EXPIRY = (3600, 86400)  # (check every, delete older than) in seconds
 SOURCE_HEADERS = ["#", "file #chunk (score)", "text"]
+FILE_HEADERS = ["file", "chunks", "indexed"]
 COMPARE_HEADERS = ["rank", "with context", "without context"]
 # Gradio serves its own fonts; system fonts first keeps the page light and fully offline.
 # Indexing progress shows in the status box alone: the box is tall enough for it, and the
@@ -57,7 +64,9 @@ COMPARE_HEADERS = ["rank", "with context", "without context"]
 # see-through, over the text).
 CSS = """
 #status { min-height: 7.5em; }
-#status > .wrap.center { bottom: 0; background: var(--block-background-fill); }
+#status > .wrap.center, #context > .wrap.center {
+  bottom: 0; background: var(--block-background-fill);
+}
 #context { min-height: 2em; }
 #sources td, #comparison td { vertical-align: top; }
 """
@@ -106,7 +115,7 @@ def _progress_adapter(progress: Any) -> ProgressFn:
         label = PHASES.get(phase, phase.capitalize())
         fitting = phase == "context" and done < total
         _follow_tqdm(progress if fitting else None)
-        if phase == "context":  # a share, not "0/1": the fit's batches fill in between
+        if phase in _WHOLE_PHASES:  # a share, not "0/1": the fit's batches fill in between
             progress(done / total if total else 0.0, desc=label)
         elif total:
             progress((done, total), desc=label, unit=_UNITS.get(phase, "steps"))
@@ -138,15 +147,32 @@ def build_demo(
     """
     import gradio as gr
 
-    def on_load() -> tuple[str, str]:
-        return status_markdown(index), context_markdown(index)
+    def index_view(message: str | None = None) -> tuple:
+        """The status box, the context panel, the files table and the files one can remove,
+        as the shared index is now."""
+        try:
+            files = index.files()
+        except CDEError:  # the status box says why
+            files, status = [], status_markdown(index, message)
+        else:
+            status = status_markdown(index, message, files)
+        choices = [f.name for f in files]
+        return (
+            status,
+            context_markdown(index),
+            file_rows(files),
+            gr.update(choices=choices, value=None),
+        )
+
+    def on_load() -> tuple:
+        return index_view()
 
     def index_files(paths: Sequence[str | Path], progress: gr.Progress) -> tuple:
         try:
             message = index.index_files(paths, progress=_progress_adapter(progress))
         except Exception as exc:
             message = f"**Indexing failed:** {md_escape(failure(exc))}"
-        return status_markdown(index, message), context_markdown(index), None
+        return (*index_view(message), None)
 
     def on_index(
         paths: list[str] | None,
@@ -164,16 +190,35 @@ def build_demo(
     ) -> tuple:
         return index_files(samples, progress)
 
+    def on_remove(
+        name: str | None,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
+    ) -> tuple:
+        try:
+            message = index.remove_file(name or "", progress=_progress_adapter(progress))
+        except Exception as exc:
+            message = f"**Removing failed:** {md_escape(failure(exc))}"
+        return index_view(message)
+
     def on_refit(
         seed: float | None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's idiom)
-    ) -> tuple[str, str]:
+    ) -> tuple:
         seed_value = DEFAULT_SEED if seed is None else int(seed)
         try:
             message = index.refit(seed_value, progress=_progress_adapter(progress))
         except Exception as exc:
             message = f"**Re-fit failed:** {md_escape(failure(exc))}"
-        return status_markdown(index, message), context_markdown(index)
+        return index_view(message)
+
+    def on_check_drift(
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom)
+    ) -> str:
+        try:
+            index.check_drift(progress=_progress_adapter(progress))
+        except Exception as exc:
+            return f"**Checking drift failed:** {md_escape(failure(exc))}"
+        return context_markdown(index)
 
     valid = gr.validate(True, "")
 
@@ -240,6 +285,22 @@ def build_demo(
                         visible=bool(samples),
                     )
                 status = gr.Markdown(elem_id="status", label="Status", container=True)
+                file_table = _table(
+                    FILE_HEADERS,
+                    "Indexed files (upload a changed file under its name to replace it)",
+                    ["40%", "24%", "36%"],
+                    "indexed-files",
+                    max_height=300,
+                )
+                with gr.Row():
+                    remove_choice = gr.Dropdown(
+                        choices=[],
+                        value=None,
+                        label="File to remove",
+                        elem_id="remove-file",
+                        scale=3,
+                    )
+                    remove = gr.Button("Remove file", elem_id="remove", scale=1, min_width=80)
             with gr.Column(scale=3, min_width=400):
                 chatbot = gr.Chatbot(
                     label="Chat",
@@ -257,15 +318,12 @@ def build_demo(
                 question, ask = _question_row(
                     "Question", "Ask a question about your documents", "question", "Ask", "ask"
                 )
-                sources = gr.Dataframe(
-                    headers=SOURCE_HEADERS,
-                    type="array",
-                    label="Sources (cited as [n] in the answer; click a text for all of it)",
-                    interactive=False,
-                    wrap=True,
-                    column_widths=["7%", "25%", "68%"],
+                sources = _table(
+                    SOURCE_HEADERS,
+                    "Sources (cited as [n] in the answer; click a text for all of it)",
+                    ["7%", "25%", "68%"],
+                    "sources",
                     max_chars=SOURCE_TEXT_CHARS,
-                    elem_id="sources",
                     max_height=420,
                 )
         gr.Markdown("## Corpus context")
@@ -273,6 +331,7 @@ def build_demo(
             with gr.Column(scale=1):
                 context = gr.Markdown(elem_id="context", container=True)
                 with gr.Row():
+                    check_drift = gr.Button("Check drift", elem_id="check-drift", scale=1)
                     seed = gr.Number(
                         value=index.seed, precision=0, label="Seed", elem_id="seed", minimum=0
                     )
@@ -288,18 +347,16 @@ def build_demo(
                     "Compare",
                     "compare",
                 )
-                comparison = gr.Dataframe(
-                    headers=COMPARE_HEADERS,
-                    type="array",
-                    interactive=False,
-                    wrap=True,
-                    column_widths=["14%", "43%", "43%"],
-                    elem_id="comparison",
-                    label="Top chunks with and without the corpus context",
+                comparison = _table(
+                    COMPARE_HEADERS,
+                    "Top chunks with and without the corpus context",
+                    ["14%", "43%", "43%"],
+                    "comparison",
                 )
                 compare_note = gr.Markdown(elem_id="compare-note")
 
-        demo.load(on_load, outputs=[status, context])
+        view = [status, context, file_table, remove_choice]
+        demo.load(on_load, outputs=view)
         # One indexing or re-fit at a time across all sessions (they share a concurrency id);
         # questions run in their own queue, so they stay answerable meanwhile. Progress
         # shows in the status box only, not over every panel the result updates.
@@ -308,9 +365,20 @@ def build_demo(
             "concurrency_id": "index",
             "show_progress_on": [status],
         }
-        index_button.click(on_index, inputs=[files], outputs=[status, context, files], **indexing)
-        sample_button.click(on_samples, outputs=[status, context, files], **indexing)
-        refit.click(on_refit, inputs=[seed], outputs=[status, context], **indexing)
+        index_button.click(on_index, inputs=[files], outputs=[*view, files], **indexing)
+        sample_button.click(on_samples, outputs=[*view, files], **indexing)
+        remove.click(on_remove, inputs=[remove_choice], outputs=view, **indexing)
+        refit.click(on_refit, inputs=[seed], outputs=view, **indexing)
+        # Drift is measured on demand: it runs the first stage on a sample of chunks, and it
+        # changes only when the documents do, so page loads and indexing do not pay for it.
+        # It only reads the index, so it runs beside indexing, one measurement at a time.
+        check_drift.click(
+            on_check_drift,
+            outputs=[context],
+            concurrency_limit=1,
+            concurrency_id="drift",
+            show_progress_on=[context],
+        )
         ask_outputs = [chatbot, sources, question, compare_question, last_question]
         for trigger in (question.submit, ask.click):
             trigger(
@@ -332,6 +400,24 @@ def build_demo(
                 show_progress_on=[comparison],
             )
     return demo
+
+
+def _table(
+    headers: list[str], label: str, widths: list[str], elem_id: str, **options: Any
+) -> gr.Dataframe:
+    """A read-only table of rows the page fills in (text wraps)."""
+    import gradio as gr
+
+    return gr.Dataframe(
+        headers=headers,
+        type="array",
+        label=label,
+        interactive=False,
+        wrap=True,
+        column_widths=widths,
+        elem_id=elem_id,
+        **options,
+    )
 
 
 def _question_row(
