@@ -125,7 +125,7 @@ import sys
 from gradio_client import Client
 
 client = Client(sys.argv[1], verbose=False)
-status, context, files = client.predict(api_name="/on_samples")
+status, *_ = client.predict(api_name="/on_samples")
 print(status)
 chat, sources, *_ = client.predict(
     "How hot should the water be for green tea?", [], "", api_name="/on_ask"
