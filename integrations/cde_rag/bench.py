@@ -16,7 +16,7 @@ import platform
 import resource
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 
 from .bench_chunking import chunking_throughput, format_chunking
 from .paths import asset
+from .reference import PaddedReference
 
 # cde-small-v2 = ModernBERT-base backbone twice, N = 512.
 REAL_SIZES: dict[str, int] = {
@@ -150,78 +151,6 @@ def mixed_lengths(n: int, low: int, high: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(low, high + 1, size=n).tolist()
 
 
-# -- the model card's way (the baseline) ---------------------------------------------------------
-
-
-class CardBaseline:
-    """cde-small-v2 used as its model card shows: fp32, one tokenizer call padding the whole
-    list to its longest text, fixed batches in input order, transformers' ModernBertModel
-    forward with an attention mask. It runs on the exact model's own modules (same weights)."""
-
-    def __init__(self, model):
-        import torch
-        from transformers import AutoTokenizer
-
-        if model.dtype != torch.float32:
-            raise ValueError("The baseline runs in float32: pass a float32 model.")
-        self.model = model
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model.checkpoint.backbone_dir))
-
-    def tokenize(self, texts: Sequence[str], prefix: str):
-        return self.tokenizer(
-            [prefix + text for text in texts],
-            padding=True,
-            truncation=True,
-            max_length=self.model.max_length,
-            return_tensors="pt",
-        )
-
-    def dataset_embeddings(self, stage, encoded, start: int, stop: int) -> np.ndarray:
-        """First-stage rows start:stop of a padded `encoded` list."""
-        import torch
-
-        from .modeling import masked_mean
-
-        device = self.model.device
-        ids = encoded["input_ids"][start:stop].to(device)
-        mask = encoded["attention_mask"][start:stop].to(device)
-        with torch.inference_mode():
-            hidden = stage.embedder(input_ids=ids, attention_mask=mask).last_hidden_state
-            return stage.mlp(masked_mean(hidden, mask)).cpu().numpy()
-
-    def embed(self, encoded, context, start: int, stop: int) -> np.ndarray:
-        """Second-stage embeddings of rows start:stop of a padded `encoded` list."""
-        import torch
-
-        from .modeling import masked_mean
-
-        stage = self.model.second_stage
-        ids, mask = encoded["input_ids"][start:stop], encoded["attention_mask"][start:stop]
-        starts = [
-            self.model._pool_start(row[row_mask.bool()].tolist())
-            for row, row_mask in zip(ids, mask, strict=True)
-        ]
-        positions = torch.arange(ids.shape[1])[None, :]
-        device = self.model.device
-        pool = (mask * (positions >= torch.tensor(starts)[:, None])).to(device)
-        ids, mask = ids.to(device), mask.to(device)
-        with torch.inference_mode():
-            prefix = stage.prefix(torch.tensor(context.embeddings, device=device))
-            batch, n_prefix = ids.shape[0], prefix.shape[0]
-            tokens = stage.backbone.embeddings(input_ids=ids)
-            inputs = torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1), tokens], dim=1)
-            ones = torch.ones(batch, n_prefix, dtype=mask.dtype, device=device)
-            hidden = stage.backbone(
-                inputs_embeds=inputs, attention_mask=torch.cat([ones, mask], dim=1)
-            ).last_hidden_state
-            if stage.pool_ignore_contextual_tokens:
-                pooled = masked_mean(hidden[:, n_prefix:], pool)
-            else:
-                pooled = masked_mean(hidden, torch.cat([ones, pool], dim=1))
-            out = stage.output_projection(pooled) + pooled
-            return (out / out.norm(dim=-1, keepdim=True)).cpu().numpy()
-
-
 # -- measuring -----------------------------------------------------------------------------------
 
 
@@ -336,7 +265,7 @@ def run_benchmark(
     memory["exact_model_loaded"] = rss_mb()
     fast = CDEModel.from_pretrained(model_path, revision=revision, device=device, dtype="bfloat16")
     memory["fast_model_loaded"] = rss_mb()
-    baseline = CardBaseline(exact)
+    baseline = PaddedReference(exact)
     models = {"exact": exact, "fast": fast}
     mini = texts_of_lengths(exact, mixed_lengths(s.minicorpus, s.min_tokens, s.max_tokens, s.seed))
     docs = texts_of_lengths(exact, mixed_lengths(s.docs, s.min_tokens, s.max_tokens, s.seed + 1))
