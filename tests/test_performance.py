@@ -257,3 +257,16 @@ def test_unusable_cache_paths_are_clear_errors(tiny_model, tmp_path):
     assert tiny_model.embedding_cache is None
     meta = json.dumps(tiny_model.cache_stats)
     assert "embedding_hits" in meta
+
+
+def test_the_soft_prompt_is_projected_once_not_per_query(tiny_path, tiny_context, golden):
+    """It projects a constant: per query it would re-read prompt_projection's weights."""
+    model = CDEModel.from_pretrained(tiny_path, device="cpu")
+    calls = []
+    model.second_stage.prompt_projection.register_forward_hook(lambda *_: calls.append(1))
+    for query in golden["queries"][:3]:
+        out = model.embed_queries([query], context=tiny_context)
+        np.testing.assert_allclose(
+            out[0], golden["query_embeddings"][golden["queries"].index(query)], atol=1e-4
+        )
+    assert len(calls) == 1

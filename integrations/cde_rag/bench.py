@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 
 from .bench_chunking import chunking_throughput, format_chunking
+from .bench_fit import corpus_sizes, every_entry, fit_times, format_fit
+from .bench_flops import achieved, format_flops, matmul_peak, model_flops
+from .bench_query import ForwardTimer
 from .paths import asset
 from .reference import PaddedReference
 
@@ -174,6 +177,10 @@ class BenchSettings:
     # an input's doubling early when the chunker is slow on it.
     chunking_mb: float = 1.0
     chunking_budget_s: float = 4.0
+    # Fit by corpus size (see bench_fit): tokens per chunk of the corpora fitted.
+    fit_tokens: int = 64
+    # The peak's matrix multiply (see bench_flops): size x size by size x size.
+    peak_matmul: int = 2048
 
 
 QUICK = BenchSettings(
@@ -184,6 +191,7 @@ QUICK = BenchSettings(
     max_tokens=128,
     chunking_mb=0.25,
     chunking_budget_s=2.0,
+    peak_matmul=1024,
 )
 
 
@@ -256,7 +264,7 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
-    from .model import CDEModel
+    from .model import CDEModel, _dtype_name
     from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
 
     s = settings
@@ -273,7 +281,7 @@ def run_benchmark(
     queries = [f"{q} {i}" for i, q in enumerate(queries)]  # distinct texts
     first_chunks = _chunks(len(mini), s.baseline_batch_size)
     second_chunks = _chunks(len(docs), s.baseline_batch_size)
-    total = len(first_chunks) + len(second_chunks) + len(queries) + 5
+    total = len(first_chunks) + len(second_chunks) + len(queries) + 8
     bar = tqdm(total=total, desc="Benchmarking", unit="step", disable=not show_progress)
     times = {mode: {"first": 0.0, "second": 0.0, "query": []} for mode in ("baseline", *models)}
     cpu_times = {mode: {"first": 0.0, "second": 0.0} for mode in times}
@@ -320,6 +328,10 @@ def run_benchmark(
         memory[f"after_{mode}_fit"] = rss_mb()
     bar.update(1)
 
+    # The first stage's forward alone (no load), for its FLOP rate.
+    first_forward = {mode: every_entry(m, mini, s.batch_size)[1] for mode, m in models.items()}
+    bar.update(1)
+
     # Re-fitting the same texts is served by the context cache: nothing is recomputed.
     refit_seconds, refit_cpu, again = _timed(
         lambda: exact._dataset_embeddings(mini, s.batch_size, False)
@@ -351,6 +363,8 @@ def run_benchmark(
         bar.update(1)
     second = {mode: np.concatenate(rows) for mode, rows in outputs.items()}
 
+    forward_timers = {mode: ForwardTimer(model, context) for mode, model in models.items()}
+    forward_times: dict[str, list[float]] = {mode: [] for mode in models}
     for query in queries:
         seconds_b, _, _ = _timed(
             lambda q=query: baseline.embed(baseline.tokenize([q], QUERY_PREFIX), context, 0, 1)
@@ -361,6 +375,7 @@ def run_benchmark(
                 lambda m=model, q=query: m.embed_queries([q], context=context, show_progress=False)
             )
             times[mode]["query"].append(seconds_m)
+            forward_times[mode].append(forward_timers[mode](query))
         bar.update(1)
 
     # Caches: re-embedding the same documents under the same context computes nothing.
@@ -380,6 +395,10 @@ def run_benchmark(
             cache.close()
     bar.update(1)
     chunking = chunking_throughput(s.chunking_mb, s.chunking_budget_s)
+    bar.update(1)
+    fit = fit_times(exact, corpus_sizes(exact.corpus_size), s.fit_tokens, s.batch_size)
+    bar.update(1)
+    peak = {dtype: matmul_peak(dtype, s.peak_matmul) for dtype in ("float32", "bfloat16")}
     bar.update(1)
     bar.close()
     memory["end"] = rss_mb()
@@ -409,6 +428,26 @@ def run_benchmark(
         return {"p50_s": round(statistics.median(ordered), 4), "p95_s": round(p95, 4)}
 
     latency = {mode: quantiles(t["query"]) for mode, t in times.items()}
+    forward_p50 = {mode: statistics.median(seconds) for mode, seconds in forward_times.items()}
+    per_query = {
+        key: value // len(queries)
+        for key, value in model_flops(exact, queries, "second", "query").items()
+    }
+    work = {
+        "first": (model_flops(exact, mini, "first"), first_forward),
+        "second": (model_flops(exact, docs, "second"), {m: times[m]["second"] for m in models}),
+        "query": (per_query, forward_p50),
+    }
+    flops = {
+        "peak": peak,
+        **{
+            mode: {
+                stage: achieved(count, seconds[mode], peak[_dtype_name(model.dtype)]["gflops"])
+                for stage, (count, seconds) in work.items()
+            }
+            for mode, model in models.items()
+        },
+    }
     return {
         "machine": machine(),
         "model": {
@@ -429,7 +468,13 @@ def run_benchmark(
                 mode: round(latency["baseline"]["p50_s"] / latency[mode]["p50_s"], 3)
                 for mode in models
             },
+            "forward_p50_s": {mode: round(value, 4) for mode, value in forward_p50.items()},
+            "ratio_vs_forward": {
+                mode: round(latency[mode]["p50_s"] / forward_p50[mode], 3) for mode in models
+            },
         },
+        "fit": fit,
+        "flops": flops,
         "accuracy": {
             "exact_vs_baseline_max_abs": float(np.abs(second["exact"] - second["baseline"]).max()),
             "exact_vs_baseline_first_stage_max_abs": float(
@@ -502,5 +547,16 @@ def format_table(report: dict[str, Any]) -> str:
         f"tokens (card pads them to {st['baseline_padded_to']}), {st['minicorpus']} first-stage "
         f"documents, {st['queries']} queries of {st['query_tokens']} tokens."
     )
+    forward, overhead = latency["forward_p50_s"], latency["ratio_vs_forward"]
+    lines.append(
+        "Single query p50 vs the second stage's forward alone: "
+        + "; ".join(
+            f"{mode} {latency[mode]['p50_s']:.3f} s vs {forward[mode]:.3f} s "
+            f"({overhead[mode]:.2f}x)"
+            for mode in ("exact", "fast")
+        )
+        + "."
+    )
+    lines += ["", format_fit(report["fit"]), "", format_flops(report["flops"])]
     lines += ["", format_chunking(report["chunking"])]
     return "\n".join(lines)

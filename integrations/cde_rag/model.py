@@ -674,9 +674,10 @@ class CDEModel:
     ):
         size = _positive(self.batch_size if batch_size is None else batch_size, "batch_size")
         batches = length_sorted_batches(token_ids, size)
-        show = progress_bar_enabled(show_progress, self.show_progress, count=len(token_ids))
+        if not progress_bar_enabled(show_progress, self.show_progress, count=len(token_ids)):
+            return batches  # no bar object at all: a single query should not pay for one
         total = -(-len(token_ids) // size)
-        return tqdm(batches, total=total, desc=desc, unit="batch", disable=not show)
+        return tqdm(batches, total=total, desc=desc, unit="batch")
 
 
 def _release_memory() -> None:
