@@ -159,8 +159,9 @@ def mixed_lengths(n: int, low: int, high: int, seed: int = 0) -> list[int]:
 
 @dataclass
 class BenchSettings:
-    """Sizes of one run. The defaults take about 15 minutes on 2 shared cores with
-    cde-small-v2's sizes: each figure is a ratio over the same work, not an absolute claim."""
+    """Sizes of one run. With cde-small-v2's sizes the defaults take from about 15 minutes (2
+    cores with bfloat16 instructions) to over an hour (without them, fast mode is emulated):
+    each figure is a ratio over the same work, not an absolute claim."""
 
     docs: int = 32
     min_tokens: int = 32
