@@ -286,6 +286,9 @@ class DemoIndex:
                 chunk_size=self.chunk_size,
                 chunk_overlap=self.chunk_overlap,
                 seed=self.seed,
+                # The fit's batches show in the status box (Gradio follows the model's bar),
+                # however few chunks there are.
+                show_progress=True,
                 progress=progress,
             )
             self._record_times({doc.source for doc in loaded.documents})
