@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .bench_chunking import chunking_throughput, format_chunking
+from .bench_ingest import format_ingest, ingest_benchmark
 from .paths import asset
 
 # cde-small-v2 = ModernBERT-base backbone twice, N = 512.
@@ -520,6 +521,8 @@ def run_benchmark(
             "embedding_cache": cache_report,
         },
         "chunking": chunking,
+        # Ingestion beside the engine on 2 files per second-stage document; memory on 8 and 80.
+        "ingest": ingest_benchmark(model_path, 2 * s.docs, 8 * s.docs, device=device),
     }
 
 
@@ -574,4 +577,5 @@ def format_table(report: dict[str, Any]) -> str:
         f"documents, {st['queries']} queries of {st['query_tokens']} tokens."
     )
     lines += ["", format_chunking(report["chunking"])]
+    lines += ["", format_ingest(report["ingest"])]
     return "\n".join(lines)

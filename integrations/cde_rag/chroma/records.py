@@ -27,10 +27,6 @@ from ._compat import server_of
 from .collection import bound_function
 
 DEFAULT_ADD_BATCH = 128
-# Records embedded per model call while adding. The model sorts a call's texts by length into
-# its batches, so slices as small as an add batch pad far more (1.4x the model's time on mixed
-# chunk lengths); records are still added, and progress reported, one add batch at a time.
-EMBED_BLOCK = 1024
 
 ProgressCallback = Callable[[int, int], None]
 # The vectors of the records at these positions, in that order (one row each).
@@ -156,22 +152,20 @@ def store_missing(
     with tqdm(
         total=total, desc=f"Adding to {collection.name}", unit="doc", disable=not show
     ) as bar:
-        for block in in_batches(todo, max(size, EMBED_BLOCK)):
-            vectors = vectors_for(list(block))
-            for start in range(0, len(block), size):
-                positions = block[start : start + size]
-                collection.add(
-                    ids=[ids[i] for i in positions],
-                    embeddings=vectors[start : start + size],
-                    documents=[texts[i] for i in positions],
-                    metadatas=[metadatas[i] or None for i in positions]  # type: ignore[misc]
-                    if metadatas is not None
-                    else None,
-                )
-                done += len(positions)
-                bar.update(len(positions))
-                if progress is not None:
-                    progress(done, total)
+        for chunk in in_batches(todo, size):
+            positions = list(chunk)
+            collection.add(
+                ids=[ids[i] for i in positions],
+                embeddings=vectors_for(positions),
+                documents=[texts[i] for i in positions],
+                metadatas=[metadatas[i] or None for i in positions]  # type: ignore[misc]
+                if metadatas is not None
+                else None,
+            )
+            done += len(positions)
+            bar.update(len(positions))
+            if progress is not None:
+                progress(done, total)
     return AddResult(added=total, skipped=len(texts) - total)
 
 
