@@ -83,6 +83,47 @@ def test_quick_bench_reports_caches_and_memory(quick_report):
 
 
 @pytest.mark.slow
+def test_quick_bench_reports_fit_time_by_corpus_size(quick_report):
+    report, stdout = quick_report
+    fit = report["fit"]
+    corpora = fit["corpora"]
+    # The tiny model's N is 32: 40, 200 and 5000 chunks for N = 512, scaled.
+    assert [row["chunks"] for row in corpora] == [2, 12, 312]
+    assert corpora[0]["distinct"] == 2 and corpora[-1]["distinct"] == 32
+    assert fit["reference_chunks"] == 312 and corpora[-1]["speedup_vs_most_distinct"] == 1.0
+    smallest = corpora[0]
+    assert _positive(smallest["every_entry_seconds"]) and _positive(smallest["seconds"])
+    assert smallest["speedup_vs_every_entry"] == pytest.approx(
+        smallest["every_entry_seconds"] / smallest["seconds"], rel=0.05
+    )
+    assert smallest["max_abs_vs_every_entry"] < 1e-4  # the same context as before
+    assert "| Fit (float32, chunks of ~64 tokens, N = 32) | 2 chunks |" in stdout
+
+
+@pytest.mark.slow
+def test_quick_bench_reports_query_overhead_and_flop_rates(quick_report):
+    report, stdout = quick_report
+    latency = report["query_latency"]
+    for mode in ("exact", "fast"):
+        forward = latency["forward_p50_s"][mode]
+        assert _positive(forward)
+        assert latency["ratio_vs_forward"][mode] == pytest.approx(
+            latency[mode]["p50_s"] / forward, rel=0.05
+        )
+    flops = report["flops"]
+    assert all(_positive(flops["peak"][dtype]["gflops"]) for dtype in ("float32", "bfloat16"))
+    for mode, dtype in (("exact", "float32"), ("fast", "bfloat16")):
+        for stage in ("first", "second", "query"):
+            rate = flops[mode][stage]
+            assert _positive(rate["gflop"]) and _positive(rate["gflops"])
+            assert rate["percent_of_peak"] == pytest.approx(
+                100 * rate["gflops"] / flops["peak"][dtype]["gflops"], rel=0.05, abs=0.2
+            )
+    assert "| Peak: 1024^3 matmul (GFLOP/s) |" in stdout
+    assert "Single query p50 vs the second stage's forward alone" in stdout
+
+
+@pytest.mark.slow
 def test_quick_bench_reports_chunking_throughput(quick_report):
     report, stdout = quick_report
     chunking = report["chunking"]

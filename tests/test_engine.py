@@ -8,6 +8,8 @@ import pytest
 from cde_rag import CDEModel, InputError
 from cde_rag.context import sample_minicorpus
 from cde_rag.errors import ContextError, NotFittedError
+from cde_rag.reference import PaddedReference
+from cde_rag.tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
 
 from spec_reference import SpecReference
 
@@ -96,6 +98,26 @@ def test_config_variants_follow_the_spec(make_checkpoint, golden, overrides, bac
     got = model.embed_queries(texts, context=ctx, batch_size=3)
     want = reference.embed(texts, ctx.embeddings, "search_query: ")
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    # The package's own padded reference agrees on every variant too.
+    padded = PaddedReference(model)
+    stage = model._load_first_stage()
+    minicorpus = padded.tokenize(golden["minicorpus"], DOCUMENT_PREFIX)
+    first = padded.dataset_embeddings(stage, minicorpus, 0, len(golden["minicorpus"]))
+    np.testing.assert_allclose(ctx.embeddings, first, atol=TOL, rtol=0)
+    second = padded.embed(padded.tokenize(texts, QUERY_PREFIX), ctx, 0, len(texts))
+    np.testing.assert_allclose(got, second, atol=TOL, rtol=0)
+
+
+def test_padded_reference_reproduces_the_golden_data(tiny_model, tiny_context, golden, tiny_path):
+    """The plain path the engine and the benchmark are measured against is itself right."""
+    padded = PaddedReference(tiny_model)
+    docs, queries = golden["documents"], golden["queries"]
+    got_docs = padded.embed(padded.tokenize(docs, DOCUMENT_PREFIX), tiny_context, 0, len(docs))
+    got_queries = padded.embed(padded.tokenize(queries, QUERY_PREFIX), tiny_context, 0, 3)
+    np.testing.assert_allclose(got_docs, golden["document_embeddings"], atol=TOL, rtol=0)
+    np.testing.assert_allclose(got_queries, golden["query_embeddings"][:3], atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match="float32"):
+        PaddedReference(CDEModel.from_pretrained(tiny_path, dtype="bfloat16"))
 
 
 def test_instruction_pooling_changes_the_embedding(make_checkpoint, golden):

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 
 from cde_rag import CDEError, CDEModel
 from cde_rag.cache import EmbeddingCache
@@ -126,6 +127,54 @@ def test_embedding_cache_separates_dtypes(tiny_path, fast_model, tiny_context, g
         cache.close()
 
 
+def _counting_first_stage(model, monkeypatch) -> list[int]:
+    """Rows the first stage computes, call by call (a forward pre-hook on each loaded stage)."""
+    rows: list[int] = []
+    original = model._load_first_stage
+
+    def counted():
+        stage = original()
+        stage.register_forward_pre_hook(lambda _m, args: rows.append(len(args[1])))
+        return stage
+
+    monkeypatch.setattr(model, "_load_first_stage", counted)
+    return rows
+
+
+@pytest.mark.parametrize("distinct", [1, 5, 20])  # the tiny model's N is 32
+def test_a_small_corpus_is_fitted_once_per_distinct_text(tiny_path, golden, monkeypatch, distinct):
+    """Fewer than N texts are sampled with replacement; the first stage still runs once per
+    distinct text, and the context equals embedding every one of the N entries."""
+    from cde_rag.tokenization import DOCUMENT_PREFIX, length_sorted_batches
+
+    model = CDEModel.from_pretrained(tiny_path, device="cpu")
+    rows = _counting_first_stage(model, monkeypatch)
+    words = " ".join(golden["documents"]).split()
+    corpus = [f"chunk {i}: {' '.join(words[i % 7 : i % 7 + 3 + i % 11])}" for i in range(distinct)]
+    ctx = model.fit_context(corpus, seed=7)
+    sampled = set(ctx.minicorpus)
+    assert len(ctx.minicorpus) == model.corpus_size > len(sampled)
+    assert sum(rows) == len(sampled)
+
+    # The reference: the first stage on every one of the N sampled entries, duplicates included.
+    stage = model._load_first_stage()
+    token_ids = model.encoder.encode(list(ctx.minicorpus), DOCUMENT_PREFIX)
+    reference = np.zeros_like(ctx.embeddings)
+    with torch.inference_mode():
+        for batch in length_sorted_batches(token_ids, 8):
+            reference[batch.indices] = stage(batch.input_ids, batch.lengths).numpy()
+    assert sum(rows) == len(sampled) + model.corpus_size
+    np.testing.assert_allclose(ctx.embeddings, reference, atol=1e-4, rtol=0)
+
+
+def test_a_corpus_of_n_distinct_texts_runs_the_first_stage_n_times(tiny_path, monkeypatch):
+    model = CDEModel.from_pretrained(tiny_path, device="cpu")
+    rows = _counting_first_stage(model, monkeypatch)
+    corpus = [f"document number {i} of a larger corpus" for i in range(3 * model.corpus_size)]
+    ctx = model.fit_context(corpus)
+    assert len(set(ctx.minicorpus)) == model.corpus_size == sum(rows)
+
+
 def test_repeated_texts_in_one_call_are_computed_once(tiny_path, tiny_context, monkeypatch):
     model = CDEModel.from_pretrained(tiny_path, device="cpu")
     seen = []
@@ -208,3 +257,16 @@ def test_unusable_cache_paths_are_clear_errors(tiny_model, tmp_path):
     assert tiny_model.embedding_cache is None
     meta = json.dumps(tiny_model.cache_stats)
     assert "embedding_hits" in meta
+
+
+def test_the_soft_prompt_is_projected_once_not_per_query(tiny_path, tiny_context, golden):
+    """It projects a constant: per query it would re-read prompt_projection's weights."""
+    model = CDEModel.from_pretrained(tiny_path, device="cpu")
+    calls = []
+    model.second_stage.prompt_projection.register_forward_hook(lambda *_: calls.append(1))
+    for query in golden["queries"][:3]:
+        out = model.embed_queries([query], context=tiny_context)
+        np.testing.assert_allclose(
+            out[0], golden["query_embeddings"][golden["queries"].index(query)], atol=1e-4
+        )
+    assert len(calls) == 1

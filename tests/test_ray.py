@@ -115,6 +115,18 @@ def test_fit_refuses_a_missing_column_and_an_empty_dataset(ray_address, tiny_mod
 # -- embed_dataset -------------------------------------------------------------------------------
 
 
+def test_a_pool_that_takes_every_cpu_is_refused(ray_address, tiny_model):
+    """On this session's Ray (4 CPUs), 4 actors of 1 CPU would leave Ray Data no CPU for its
+    read tasks and wait forever; 3 leave one."""
+    context = tiny_model.fit_context(sentences(10))
+    ds = ray.data.from_items([{"text": t} for t in sentences(4)])
+    with pytest.raises(ValueError, match="never finish.*--actors"):
+        cde_ray.embed_dataset(ds, tiny_model, context, actors=4)
+    with pytest.raises(ValueError, match="leaving less than one"):
+        cde_ray.embed_dataset(ds, tiny_model, context, actors=(2, 3), num_cpus=2)
+    assert cde_ray.embed_dataset(ds, tiny_model, context, actors=(3, 4)) is not None
+
+
 def test_embed_dataset_equals_engine_and_reports_bad_rows(ray_address, tmp_path, tiny_model):
     texts = sentences(40)
     context = tiny_model.fit_context(texts)

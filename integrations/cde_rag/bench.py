@@ -16,7 +16,7 @@ import platform
 import resource
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,12 @@ from typing import Any
 import numpy as np
 
 from .bench_chunking import chunking_throughput, format_chunking
+from .bench_fit import corpus_sizes, every_entry, fit_times, format_fit
+from .bench_flops import achieved, format_flops, matmul_peak, model_flops
 from .bench_ingest import format_ingest, ingest_benchmark
+from .bench_query import ForwardTimer
 from .paths import asset
+from .reference import PaddedReference
 
 # cde-small-v2 = ModernBERT-base backbone twice, N = 512.
 REAL_SIZES: dict[str, int] = {
@@ -151,78 +155,6 @@ def mixed_lengths(n: int, low: int, high: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(low, high + 1, size=n).tolist()
 
 
-# -- the model card's way (the baseline) ---------------------------------------------------------
-
-
-class CardBaseline:
-    """cde-small-v2 used as its model card shows: fp32, one tokenizer call padding the whole
-    list to its longest text, fixed batches in input order, transformers' ModernBertModel
-    forward with an attention mask. It runs on the exact model's own modules (same weights)."""
-
-    def __init__(self, model):
-        import torch
-        from transformers import AutoTokenizer
-
-        if model.dtype != torch.float32:
-            raise ValueError("The baseline runs in float32: pass a float32 model.")
-        self.model = model
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model.checkpoint.backbone_dir))
-
-    def tokenize(self, texts: Sequence[str], prefix: str):
-        return self.tokenizer(
-            [prefix + text for text in texts],
-            padding=True,
-            truncation=True,
-            max_length=self.model.max_length,
-            return_tensors="pt",
-        )
-
-    def dataset_embeddings(self, stage, encoded, start: int, stop: int) -> np.ndarray:
-        """First-stage rows start:stop of a padded `encoded` list."""
-        import torch
-
-        from .modeling import masked_mean
-
-        device = self.model.device
-        ids = encoded["input_ids"][start:stop].to(device)
-        mask = encoded["attention_mask"][start:stop].to(device)
-        with torch.inference_mode():
-            hidden = stage.embedder(input_ids=ids, attention_mask=mask).last_hidden_state
-            return stage.mlp(masked_mean(hidden, mask)).cpu().numpy()
-
-    def embed(self, encoded, context, start: int, stop: int) -> np.ndarray:
-        """Second-stage embeddings of rows start:stop of a padded `encoded` list."""
-        import torch
-
-        from .modeling import masked_mean
-
-        stage = self.model.second_stage
-        ids, mask = encoded["input_ids"][start:stop], encoded["attention_mask"][start:stop]
-        starts = [
-            self.model._pool_start(row[row_mask.bool()].tolist())
-            for row, row_mask in zip(ids, mask, strict=True)
-        ]
-        positions = torch.arange(ids.shape[1])[None, :]
-        device = self.model.device
-        pool = (mask * (positions >= torch.tensor(starts)[:, None])).to(device)
-        ids, mask = ids.to(device), mask.to(device)
-        with torch.inference_mode():
-            prefix = stage.prefix(torch.tensor(context.embeddings, device=device))
-            batch, n_prefix = ids.shape[0], prefix.shape[0]
-            tokens = stage.backbone.embeddings(input_ids=ids)
-            inputs = torch.cat([prefix.unsqueeze(0).expand(batch, -1, -1), tokens], dim=1)
-            ones = torch.ones(batch, n_prefix, dtype=mask.dtype, device=device)
-            hidden = stage.backbone(
-                inputs_embeds=inputs, attention_mask=torch.cat([ones, mask], dim=1)
-            ).last_hidden_state
-            if stage.pool_ignore_contextual_tokens:
-                pooled = masked_mean(hidden[:, n_prefix:], pool)
-            else:
-                pooled = masked_mean(hidden, torch.cat([ones, pool], dim=1))
-            out = stage.output_projection(pooled) + pooled
-            return (out / out.norm(dim=-1, keepdim=True)).cpu().numpy()
-
-
 # -- measuring -----------------------------------------------------------------------------------
 
 
@@ -246,6 +178,10 @@ class BenchSettings:
     # an input's doubling early when the chunker is slow on it.
     chunking_mb: float = 1.0
     chunking_budget_s: float = 4.0
+    # Fit by corpus size (see bench_fit): tokens per chunk of the corpora fitted.
+    fit_tokens: int = 64
+    # The peak's matrix multiply (see bench_flops): size x size by size x size.
+    peak_matmul: int = 2048
 
 
 QUICK = BenchSettings(
@@ -256,6 +192,7 @@ QUICK = BenchSettings(
     max_tokens=128,
     chunking_mb=0.25,
     chunking_budget_s=2.0,
+    peak_matmul=1024,
 )
 
 
@@ -328,7 +265,7 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
-    from .model import CDEModel
+    from .model import CDEModel, _dtype_name
     from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
 
     s = settings
@@ -337,7 +274,7 @@ def run_benchmark(
     memory["exact_model_loaded"] = rss_mb()
     fast = CDEModel.from_pretrained(model_path, revision=revision, device=device, dtype="bfloat16")
     memory["fast_model_loaded"] = rss_mb()
-    baseline = CardBaseline(exact)
+    baseline = PaddedReference(exact)
     models = {"exact": exact, "fast": fast}
     mini = texts_of_lengths(exact, mixed_lengths(s.minicorpus, s.min_tokens, s.max_tokens, s.seed))
     docs = texts_of_lengths(exact, mixed_lengths(s.docs, s.min_tokens, s.max_tokens, s.seed + 1))
@@ -345,7 +282,7 @@ def run_benchmark(
     queries = [f"{q} {i}" for i, q in enumerate(queries)]  # distinct texts
     first_chunks = _chunks(len(mini), s.baseline_batch_size)
     second_chunks = _chunks(len(docs), s.baseline_batch_size)
-    total = len(first_chunks) + len(second_chunks) + len(queries) + 5
+    total = len(first_chunks) + len(second_chunks) + len(queries) + 8
     bar = tqdm(total=total, desc="Benchmarking", unit="step", disable=not show_progress)
     times = {mode: {"first": 0.0, "second": 0.0, "query": []} for mode in ("baseline", *models)}
     cpu_times = {mode: {"first": 0.0, "second": 0.0} for mode in times}
@@ -392,6 +329,10 @@ def run_benchmark(
         memory[f"after_{mode}_fit"] = rss_mb()
     bar.update(1)
 
+    # The first stage's forward alone (no load), for its FLOP rate.
+    first_forward = {mode: every_entry(m, mini, s.batch_size)[1] for mode, m in models.items()}
+    bar.update(1)
+
     # Re-fitting the same texts is served by the context cache: nothing is recomputed.
     refit_seconds, refit_cpu, again = _timed(
         lambda: exact._dataset_embeddings(mini, s.batch_size, False)
@@ -423,6 +364,8 @@ def run_benchmark(
         bar.update(1)
     second = {mode: np.concatenate(rows) for mode, rows in outputs.items()}
 
+    forward_timers = {mode: ForwardTimer(model, context) for mode, model in models.items()}
+    forward_times: dict[str, list[float]] = {mode: [] for mode in models}
     for query in queries:
         seconds_b, _, _ = _timed(
             lambda q=query: baseline.embed(baseline.tokenize([q], QUERY_PREFIX), context, 0, 1)
@@ -433,6 +376,7 @@ def run_benchmark(
                 lambda m=model, q=query: m.embed_queries([q], context=context, show_progress=False)
             )
             times[mode]["query"].append(seconds_m)
+            forward_times[mode].append(forward_timers[mode](query))
         bar.update(1)
 
     # Caches: re-embedding the same documents under the same context computes nothing.
@@ -452,6 +396,10 @@ def run_benchmark(
             cache.close()
     bar.update(1)
     chunking = chunking_throughput(s.chunking_mb, s.chunking_budget_s)
+    bar.update(1)
+    fit = fit_times(exact, corpus_sizes(exact.corpus_size), s.fit_tokens, s.batch_size)
+    bar.update(1)
+    peak = {dtype: matmul_peak(dtype, s.peak_matmul) for dtype in ("float32", "bfloat16")}
     bar.update(1)
     bar.close()
     memory["end"] = rss_mb()
@@ -481,6 +429,26 @@ def run_benchmark(
         return {"p50_s": round(statistics.median(ordered), 4), "p95_s": round(p95, 4)}
 
     latency = {mode: quantiles(t["query"]) for mode, t in times.items()}
+    forward_p50 = {mode: statistics.median(seconds) for mode, seconds in forward_times.items()}
+    per_query = {
+        key: value // len(queries)
+        for key, value in model_flops(exact, queries, "second", "query").items()
+    }
+    work = {
+        "first": (model_flops(exact, mini, "first"), first_forward),
+        "second": (model_flops(exact, docs, "second"), {m: times[m]["second"] for m in models}),
+        "query": (per_query, forward_p50),
+    }
+    flops = {
+        "peak": peak,
+        **{
+            mode: {
+                stage: achieved(count, seconds[mode], peak[_dtype_name(model.dtype)]["gflops"])
+                for stage, (count, seconds) in work.items()
+            }
+            for mode, model in models.items()
+        },
+    }
     return {
         "machine": machine(),
         "model": {
@@ -501,7 +469,13 @@ def run_benchmark(
                 mode: round(latency["baseline"]["p50_s"] / latency[mode]["p50_s"], 3)
                 for mode in models
             },
+            "forward_p50_s": {mode: round(value, 4) for mode, value in forward_p50.items()},
+            "ratio_vs_forward": {
+                mode: round(latency[mode]["p50_s"] / forward_p50[mode], 3) for mode in models
+            },
         },
+        "fit": fit,
+        "flops": flops,
         "accuracy": {
             "exact_vs_baseline_max_abs": float(np.abs(second["exact"] - second["baseline"]).max()),
             "exact_vs_baseline_first_stage_max_abs": float(
@@ -576,6 +550,17 @@ def format_table(report: dict[str, Any]) -> str:
         f"tokens (card pads them to {st['baseline_padded_to']}), {st['minicorpus']} first-stage "
         f"documents, {st['queries']} queries of {st['query_tokens']} tokens."
     )
+    forward, overhead = latency["forward_p50_s"], latency["ratio_vs_forward"]
+    lines.append(
+        "Single query p50 vs the second stage's forward alone: "
+        + "; ".join(
+            f"{mode} {latency[mode]['p50_s']:.3f} s vs {forward[mode]:.3f} s "
+            f"({overhead[mode]:.2f}x)"
+            for mode in ("exact", "fast")
+        )
+        + "."
+    )
+    lines += ["", format_fit(report["fit"]), "", format_flops(report["flops"])]
     lines += ["", format_chunking(report["chunking"])]
     lines += ["", format_ingest(report["ingest"])]
     return "\n".join(lines)

@@ -37,6 +37,7 @@ from ._files import write_atomic
 from .context import DEFAULT_SEED, CorpusContext
 from .errors import CDEError
 from .paths import asset
+from .progress import progress_bar_enabled
 
 if TYPE_CHECKING:  # the engine (torch) loads with the model, not with this module
     from langchain_core.embeddings import Embeddings
@@ -382,11 +383,8 @@ def embed_in_chunks(
     computed = reused = 0
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    if show_progress is None:
-        from .model import PROGRESS_MIN_TEXTS
-
-        show_progress = len(texts) >= PROGRESS_MIN_TEXTS
-    with tqdm(total=len(texts), desc=desc, unit="text", disable=not show_progress) as bar:
+    show = progress_bar_enabled(show_progress, count=len(texts))
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=not show) as bar:
         for n, start in enumerate(starts):
             part = list(texts[start : start + chunk_size])
             path = folder / f"{n:06d}.npy" if folder is not None else None

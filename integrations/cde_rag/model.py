@@ -50,6 +50,7 @@ from .modeling import (
     check_keys,
     load_stage,
 )
+from .progress import progress_bar_enabled
 from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX, TextEncoder, length_sorted_batches
 
 InputType = Literal["document", "query"]
@@ -62,8 +63,6 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-# Lists at least this long show a progress bar unless the caller says otherwise.
-PROGRESS_MIN_TEXTS = 64
 FALLBACK_ALPHABET = "abcdefghijklmnopqrstuvwxyz     "
 # Fitted dataset embeddings kept in memory per model (each is N x d float32, 1.5 MB for N=512).
 CONTEXT_CACHE_SIZE = 16
@@ -579,10 +578,13 @@ class CDEModel:
     def _first_stage_embeddings(
         self, minicorpus: Sequence[str], batch_size: int | None, show_progress: bool | None
     ) -> np.ndarray:
-        token_ids = self.encoder.encode(minicorpus, DOCUMENT_PREFIX)
-        out = np.zeros(
-            (len(minicorpus), self.second_stage.backbone.config.hidden_size), dtype=np.float32
-        )
+        """The first stage runs once per distinct text: a corpus smaller than N is sampled with
+        replacement, so a few dozen chunks would otherwise be embedded N times over."""
+        slot_of: dict[str, int] = {}
+        slots = [slot_of.setdefault(text, len(slot_of)) for text in minicorpus]
+        distinct = list(slot_of)
+        token_ids = self.encoder.encode(distinct, DOCUMENT_PREFIX)
+        out = np.zeros((len(distinct), self.second_stage.backbone.config.hidden_size), np.float32)
         stage = self._load_first_stage()
         try:
             with torch.inference_mode():
@@ -592,8 +594,9 @@ class CDEModel:
         finally:
             del stage
             _release_memory()
-        self._refuse_bad_vectors(out, lambda i: f"minicorpus[{i}]", unit=False)
-        return out
+        first_use = {slot: i for i, slot in reversed(list(enumerate(slots)))}
+        self._refuse_bad_vectors(out, lambda k: f"minicorpus[{first_use[k]}]", unit=False)
+        return out[slots]
 
     def _refuse_bad_vectors(
         self, vectors: np.ndarray, label: Callable[[int], str], *, unit: bool
@@ -678,11 +681,10 @@ class CDEModel:
     ):
         size = _positive(self.batch_size if batch_size is None else batch_size, "batch_size")
         batches = length_sorted_batches(token_ids, size)
-        show = self.show_progress if show_progress is None else show_progress
-        if show is None:
-            show = len(token_ids) >= PROGRESS_MIN_TEXTS
+        if not progress_bar_enabled(show_progress, self.show_progress, count=len(token_ids)):
+            return batches  # no bar object at all: a single query should not pay for one
         total = -(-len(token_ids) // size)
-        return tqdm(batches, total=total, desc=desc, unit="batch", disable=not show)
+        return tqdm(batches, total=total, desc=desc, unit="batch")
 
 
 def _release_memory() -> None:

@@ -326,13 +326,24 @@ class SecondStage(nn.Module):
                 f"{hidden}: the checkpoint does not match its backbone config."
             )
         self.num_soft_prompts = soft_out // hidden
+        self._soft_prompts: dict[tuple, torch.Tensor] = {}
 
     def prefix(self, dataset_embeddings: torch.Tensor) -> torch.Tensor:
         """The rows every document attends to: the dataset embeddings, then the soft prompt."""
-        hidden = self.backbone.config.hidden_size
-        ones = torch.ones(hidden, device=dataset_embeddings.device, dtype=dataset_embeddings.dtype)
-        soft = self.prompt_projection(ones).reshape(self.num_soft_prompts, hidden)
-        return torch.cat([dataset_embeddings, soft], dim=0)
+        return torch.cat([dataset_embeddings, self.soft_prompt(dataset_embeddings)], dim=0)
+
+    def soft_prompt(self, like: torch.Tensor) -> torch.Tensor:
+        """The soft prompt rows, on `like`'s device and dtype. They project a constant (ones),
+        so they are computed once, not on every call (19 MB of weights read per query)."""
+        key = (like.device, like.dtype)
+        cached = self._soft_prompts.get(key)
+        if cached is None:
+            hidden = self.backbone.config.hidden_size
+            with torch.inference_mode():
+                ones = torch.ones(hidden, device=like.device, dtype=like.dtype)
+                cached = self.prompt_projection(ones).reshape(self.num_soft_prompts, hidden)
+            self._soft_prompts[key] = cached
+        return cached
 
     def forward(
         self,

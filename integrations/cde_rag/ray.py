@@ -215,6 +215,7 @@ def embed_dataset(
     """
     source, revision = _model_source(model, revision)
     compute = _pool(actors)
+    _check_cpus_left(actors, num_cpus)
     dtype_name = str(resolve_dtype(dtype)).removeprefix("torch.")  # refuses an unknown dtype
     ctx, uri = _context_file(context, context_path)
     if isinstance(model, CDEModel):
@@ -402,6 +403,23 @@ class RayIndexReport:
             f"{self.embedded} embedded now, {self.already} already written, {self.failed} "
             f"failed; {self.rows} rows in the output; {len(self.errors)} file(s) skipped; "
             f"context {self.context[:12]} ({how})."
+        )
+
+
+def _check_cpus_left(actors: int | tuple[int, int], num_cpus: float) -> None:
+    """Refuse a pool that would take every CPU of the running Ray: Ray Data's read and write
+    tasks need one, and without it the job waits forever instead of failing."""
+    if not ray.is_initialized():
+        return  # Ray Data starts a local Ray later, sized to this machine: nothing to read yet
+    smallest = actors if isinstance(actors, int) else actors[0]
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus and smallest * num_cpus > cpus - 1:
+        raise ValueError(
+            f"An actor pool of {smallest} actor(s) with {num_cpus:g} CPU(s) each takes "
+            f"{smallest * num_cpus:g} of this Ray's {cpus:g} CPUs, leaving less than one for Ray "
+            "Data's read and write tasks, so the job would never finish. Use fewer actors or "
+            "fewer CPUs per actor (actors=, num_cpus=; on the command line --actors, "
+            "--num-cpus 0.5), or a Ray with more CPUs."
         )
 
 

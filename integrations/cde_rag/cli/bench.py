@@ -60,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         help="largest text the chunking measure splits, in MB (default 1; 0.25 with --quick)",
     )
+    parser.add_argument(
+        "--fit-tokens",
+        type=positive_int,
+        help="tokens per chunk of the corpora whose fit is timed by size (default 64)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report here")
 
 
