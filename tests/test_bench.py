@@ -215,3 +215,19 @@ def test_texts_are_built_to_token_counts(tiny_model):
     for want, got in zip(lengths[:-1], counts[:-1], strict=True):
         assert want - 4 <= got <= want  # a word boundary may leave a few tokens short
     assert len(set(texts)) == len(texts)
+
+
+@pytest.mark.slow
+def test_quick_bench_reports_ingestion_beside_the_engine_and_peak_memory(quick_report):
+    report, stdout = quick_report
+    speed, memory = report["ingest"]["speed"], report["ingest"]["memory"]
+    assert speed["files"] == 16 and speed["chunks"] >= speed["files"]  # 2 per document, --quick
+    for key in ("embed_seconds", "index_seconds", "embed_cpu_seconds", "index_cpu_seconds"):
+        assert _positive(speed[key])
+    assert speed["ratio"] == pytest.approx(speed["index_seconds"] / speed["embed_seconds"], 0.01)
+    one, ten = memory["1x"], memory["10x"]
+    assert (one["files"], ten["files"]) == (64, 640) and ten["chunks"] >= 9 * one["chunks"]
+    assert ten["peak_rss_mb"] >= ten["rss_before_mb"] > 0 and one["peak_rss_mb"] > 0
+    assert memory["growth"] == pytest.approx(ten["peak_rss_mb"] / one["peak_rss_mb"] - 1, 0.01)
+    assert "| `index_paths` on the folder (read, chunk, ids, Chroma, embed) |" in stdout
+    assert "| Peak RSS, fresh process (MB) | 1x: 64 files" in stdout

@@ -26,6 +26,7 @@ import numpy as np
 from .bench_chunking import chunking_throughput, format_chunking
 from .bench_fit import corpus_sizes, every_entry, fit_times, format_fit
 from .bench_flops import achieved, format_flops, matmul_peak, model_flops
+from .bench_ingest import format_ingest, ingest_benchmark
 from .bench_query import ForwardTimer
 from .paths import asset
 from .reference import PaddedReference
@@ -495,6 +496,8 @@ def run_benchmark(
             "embedding_cache": cache_report,
         },
         "chunking": chunking,
+        # Ingestion beside the engine on 2 files per second-stage document; memory on 8 and 80.
+        "ingest": ingest_benchmark(model_path, 2 * s.docs, 8 * s.docs, device=device),
     }
 
 
@@ -560,4 +563,5 @@ def format_table(report: dict[str, Any]) -> str:
     )
     lines += ["", format_fit(report["fit"]), "", format_flops(report["flops"])]
     lines += ["", format_chunking(report["chunking"])]
+    lines += ["", format_ingest(report["ingest"])]
     return "\n".join(lines)

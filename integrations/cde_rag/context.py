@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -71,14 +71,28 @@ def sample_minicorpus(corpus: Sequence[str], size: int, seed: int = DEFAULT_SEED
     indexes the list instead of converting it to a numpy string array (which would strip
     trailing NULs and copy every text).
     """
-    if len(corpus) == 0:
+    return [corpus[i] for i in sample_positions(len(corpus), size, seed)]
+
+
+def sample_positions(length: int, size: int, seed: int = DEFAULT_SEED) -> list[int]:
+    """The positions `sample_minicorpus` picks from a corpus of `length` documents, in order."""
+    if length == 0:
         raise ContextError(
             "Cannot fit a corpus context on an empty corpus: pass the documents you will index "
             "(any number; fewer than the model's corpus size are sampled with replacement)."
         )
     rng = np.random.default_rng(seed)
-    picks = rng.choice(len(corpus), size=size, replace=len(corpus) < size)
-    return [corpus[int(i)] for i in picks]
+    return rng.choice(length, size=size, replace=length < size).tolist()
+
+
+@dataclass(frozen=True)
+class StreamedCorpus:
+    """A corpus too large to hold at once, for `CDEModel.fit_context`: its length, and `read`,
+    which gives the texts at the positions asked for, in that order. The fit reads only the N
+    it samples, so the context equals a fit on the whole list (streaming ingestion)."""
+
+    length: int
+    read: Callable[[list[int]], Sequence[str]]
 
 
 def model_mismatch_message(ctx_model: str, ctx_fp: str, model: str, model_fp: str) -> str:

@@ -13,7 +13,7 @@ import json
 import os
 import stat
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -98,10 +98,10 @@ def load_document(
     `max_pages` and texts over `max_chars` are refused; a PDF stops being read as soon as it
     passes either cap.
     """
-    return _load(_Entry(Path(path), source), Limits(max_bytes, max_pages, max_chars))
+    return _load(FileEntry(Path(path), source), Limits(max_bytes, max_pages, max_chars))
 
 
-class _Entry(NamedTuple):
+class FileEntry(NamedTuple):
     """A file to read. `expect` is the (device, inode) a folder walk saw at `path`, and `link`
     whether it saw a symlink there (then the link is followed, to that same file only)."""
 
@@ -111,7 +111,7 @@ class _Entry(NamedTuple):
     link: bool = True
 
 
-def _load(entry: _Entry, limits: Limits) -> Document:
+def _load(entry: FileEntry, limits: Limits) -> Document:
     file = entry.path
     suffix = file.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -139,7 +139,7 @@ def display_name(name: str) -> str:
     return name.strip() or "unnamed"
 
 
-def _read_bytes(entry: _Entry, max_bytes: int) -> bytes:
+def _read_bytes(entry: FileEntry, max_bytes: int) -> bytes:
     """The file's bytes, checked on the opened file rather than its path, so what a folder
     walk vetted is what is read even if the path is swapped meanwhile."""
     # Non-blocking, so a FIFO or device put in the file's place cannot hang the open.
@@ -200,30 +200,61 @@ def load_documents(
     ids the same whichever way the folder is spelled on the command line.
     `progress(done, total)` is called as files are read. The caps are `load_document`'s.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
     result = LoadResult()
-    entries: list[_Entry] = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            _walk(path, recursive, entries, result.skipped)
-        elif path.exists() or path.is_symlink():
-            entries.append(_Entry(path, path.name))
-        else:
-            result.skipped.append((str(path), "no such file or folder"))
-    seen: set[tuple[int, int]] = set()
+    entries = list_files(paths, recursive, result.skipped)
     limits = Limits(max_bytes, max_pages, max_chars)
-    if progress is not None:
-        progress(0, len(entries))
-    for done, entry in enumerate(entries, 1):
-        _load_into(entry, limits, result, seen)
-        if progress is not None:
-            progress(done, len(entries))
+    result.documents.extend(doc for _, doc in read_files(entries, limits, result.skipped, progress))
     return result
 
 
-def _walk(root: Path, recursive: bool, found: list[_Entry], skipped: list[tuple[str, str]]) -> None:
+def list_files(
+    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    recursive: bool,
+    skipped: list[tuple[str, str]],
+) -> list[FileEntry]:
+    """The files `load_documents` would read, in its order, without reading them; what cannot
+    be read at all (missing paths, hidden or outside links) is added to `skipped`."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    entries: list[FileEntry] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            _walk(path, recursive, entries, skipped)
+        elif path.exists() or path.is_symlink():
+            entries.append(FileEntry(path, path.name))
+        else:
+            skipped.append((str(path), "no such file or folder"))
+    return entries
+
+
+def read_files(
+    entries: Sequence[FileEntry],
+    limits: Limits,
+    skipped: list[tuple[str, str]],
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[FileEntry, Document]]:
+    """Each readable entry with its document, one file at a time (nothing is kept), as
+    `load_documents` loads them: a file reached twice is read once, bad files go to `skipped`."""
+    seen: set[tuple[int, int]] = set()
+    if progress is not None:
+        progress(0, len(entries))
+    for done, entry in enumerate(entries, 1):
+        doc = _load_once(entry, limits, skipped, seen)
+        if doc is not None:
+            yield entry, doc
+        if progress is not None:
+            progress(done, len(entries))
+
+
+def read_file(entry: FileEntry, limits: Limits) -> Document:
+    """An entry `read_files` gave, read again (`DocumentError` if it cannot be any more)."""
+    return _load(entry, limits)
+
+
+def _walk(
+    root: Path, recursive: bool, found: list[FileEntry], skipped: list[tuple[str, str]]
+) -> None:
     """Collect the files under `root` that may be read, with the identity each had then."""
     try:
         real_root = root.resolve(strict=True)
@@ -265,32 +296,32 @@ def _walk(root: Path, recursive: bool, found: list[_Entry], skipped: list[tuple[
                 skipped.append((str(file), f"symlink to {target}, outside {root}; not followed"))
                 continue
             source = f"{label}/{file.relative_to(root).as_posix()}"
-            found.append(_Entry(file, source, (info.st_dev, info.st_ino), link))
+            found.append(FileEntry(file, source, (info.st_dev, info.st_ino), link))
 
 
-def _load_into(
-    entry: _Entry, limits: Limits, result: LoadResult, seen: set[tuple[int, int]]
-) -> None:
-    """Load one entry into `result`, once per file however many names or links lead to it."""
+def _load_once(
+    entry: FileEntry, limits: Limits, skipped: list[tuple[str, str]], seen: set[tuple[int, int]]
+) -> Document | None:
+    """Load one entry, once per file however many names or links lead to it (None, with the
+    reason in `skipped`, when it is not loaded)."""
     identity = entry.expect
     if identity is None:
         try:
             info = entry.path.stat()
         except (OSError, RuntimeError):
-            result.skipped.append((str(entry.path), "broken or looping symlink"))
-            return
+            skipped.append((str(entry.path), "broken or looping symlink"))
+            return None
         identity = (info.st_dev, info.st_ino)
     if identity in seen:
-        result.skipped.append(
-            (str(entry.path), "same file already loaded (duplicate path or link)")
-        )
-        return
+        skipped.append((str(entry.path), "same file already loaded (duplicate path or link)"))
+        return None
     try:
-        result.documents.append(_load(entry, limits))
+        doc = _load(entry, limits)
     except DocumentError as exc:
-        result.skipped.append((str(entry.path), str(exc)))
-    else:
-        seen.add(identity)
+        skipped.append((str(entry.path), str(exc)))
+        return None
+    seen.add(identity)
+    return doc
 
 
 # -- chunking ---------------------------------------------------------------------------------
@@ -341,11 +372,24 @@ SOURCE_RECORDS_KEY = "cde_rag_source_records"
 
 def version_of(parts: Iterable[Any]) -> str:
     """A content hash of JSON-able parts, for a source's version."""
-    digest = hashlib.sha256(b"cde-rag-source/1\0")
+    version = VersionHash()
     for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, ensure_ascii=False).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:32]
+        version.add(part)
+    return version.hexdigest()
+
+
+class VersionHash:
+    """`version_of`, fed one part at a time (a source's documents may arrive far apart)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256(b"cde-rag-source/1\0")
+
+    def add(self, part: Any) -> None:
+        self._digest.update(json.dumps(part, sort_keys=True, ensure_ascii=False).encode())
+        self._digest.update(b"\0")
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()[:32]
 
 
 def chunk_id(source: str, index: int, text: str) -> str:

@@ -3,6 +3,11 @@
 Ingestion runs in five phases: load files, chunk them, fit the corpus context on *all* chunks
 (only when the collection is new: an existing collection keeps the context its vectors were
 embedded with), embed and store the chunks not stored yet, then remove what is out of date.
+It streams: no pass holds more than a batch of documents and chunks (`STREAM_CHUNKS`, or one
+file's chunks when a file has more), so memory does not grow with the folder. A first pass reads
+each file to learn its version and chunk count; the fit reads again only the files holding the
+chunks it samples (the same sample as a fit on the list of all chunks); storing reads them once
+more, a batch at a time.
 Each file (source) is synced, not just added to (`cde_rag.chroma.sources`): a file whose content
 changed gets its new chunks, then loses its old ones; an unchanged file is recognised from the
 version its stored chunks record and is not even chunked again; with `prune`, chunks of files gone
@@ -19,16 +24,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .cache import EmbeddingCache
 from .cached import CachedEmbedder
-from .context import DEFAULT_SEED
+from .context import DEFAULT_SEED, StreamedCorpus
 from .documents import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
@@ -40,13 +46,19 @@ from .documents import (
     Chunk,
     Document,
     DocumentError,
+    FileEntry,
+    VersionHash,
     check_chunk_sizes,
     chunk_documents,
-    load_documents,
+    list_files,
+    read_file,
+    read_files,
     version_of,
 )
 from .errors import CDEError, StorageFullError
+from .extraction import Limits
 from .model import CDEModel, DTypeLike
+from .splitting import split_spans
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -142,7 +154,8 @@ def index_paths(
     progress: ProgressCallback | None = None,
     prune: bool = False,
 ) -> IndexReport:
-    """Load files and folders, then `index_documents` them (see there). Unreadable files, and
+    """Load files and folders, then index them as `index_documents` does (see there), reading
+    each file again when it is needed rather than holding them all. Unreadable files, and
     files over the caps (`max_bytes`, `max_pages`, `max_chars`: see `load_document`), are
     skipped and reported in `IndexReport.errors`; if no file at all can be read,
     `DocumentError`.
@@ -153,43 +166,51 @@ def index_paths(
     be read this time, keep their chunks."""
     check_collection_name(collection)
     check_chunk_sizes(chunk_size, chunk_overlap)
+    skipped: list[tuple[str, str]] = []
+    entries = list_files(paths, recursive, skipped)
+    limits = Limits(max_bytes, max_pages, max_chars)
     report = _Reporter(progress, show_progress)
-    try:
-        loaded = load_documents(
-            paths,
-            recursive=recursive,
-            max_bytes=max_bytes,
-            max_pages=max_pages,
-            max_chars=max_chars,
-            progress=lambda done, total: report("load", done, total),
-        )
-    finally:
-        report.close()
-    if not loaded.documents:
-        detail = "; ".join(f"{p}: {why}" for p, why in loaded.skipped[:3]) or "no files given"
-        more = f" (and {len(loaded.skipped) - 3} more)" if len(loaded.skipped) > 3 else ""
-        raise DocumentError(
+    readable: list[FileEntry] = []  # the entries read, by position in the stream
+
+    def first() -> Iterator[Document]:
+        progress = lambda done, total: report("load", done, total)  # noqa: E731
+        for entry, doc in read_files(entries, limits, skipped, progress):
+            readable.append(entry)
+            yield doc
+
+    def again(position: int) -> Document | None:
+        entry = readable[position]
+        try:
+            return read_file(entry, limits)
+        except DocumentError as exc:
+            skipped.append((str(entry.path), f"{exc} (it changed while being indexed)"))
+            return None
+
+    def nothing() -> DocumentError:
+        detail = "; ".join(f"{p}: {why}" for p, why in skipped[:3]) or "no files given"
+        more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+        return DocumentError(
             f"Nothing to index: no readable .txt/.md/.pdf/.html file among the paths given "
             f"({detail}{more})."
         )
-    result = index_documents(
-        loaded.documents,
+
+    result = _index(
+        _Stream(first(), again, nothing),
         client=client,
         collection=collection,
         model=model,
-        chunk_size=chunk_size,
-        chunk_overlap=chunk_overlap,
+        chunking={CHUNK_SIZE_KEY: chunk_size, CHUNK_OVERLAP_KEY: chunk_overlap},
         seed=seed,
         batch_size=batch_size,
         embedding_cache=embedding_cache,
         device=device,
         dtype=dtype,
         show_progress=show_progress,
-        progress=report,
+        report=report,
         prune=prune,
         gone=_gone_from(paths),
     )
-    return replace(result, errors=list(loaded.skipped))
+    return replace(result, errors=list(skipped))
 
 
 def _gone_from(paths: Iterable[str | os.PathLike[str]]) -> Callable[[str], bool]:
@@ -241,36 +262,132 @@ def index_documents(
     SQLite file that keeps computed vectors, so re-indexing the same chunks under the same
     context re-embeds nothing.
     """
-    from . import chroma
-
     check_collection_name(collection)
     check_chunk_sizes(chunk_size, chunk_overlap)
+    return _index(
+        _Stream(
+            documents,
+            documents.__getitem__,
+            lambda: DocumentError("Nothing to index: the documents have no text to chunk."),
+        ),
+        client=client,
+        collection=collection,
+        model=model,
+        chunking={CHUNK_SIZE_KEY: chunk_size, CHUNK_OVERLAP_KEY: chunk_overlap},
+        seed=seed,
+        batch_size=batch_size,
+        embedding_cache=embedding_cache,
+        device=device,
+        dtype=dtype,
+        show_progress=show_progress,
+        report=_Reporter(progress, show_progress),
+        prune=prune,
+        gone=gone,
+    )
+
+
+# Chunks held at once while storing. A source's chunks replace its old ones in one update, so
+# a batch is whole sources: at most this many chunks, or one source's when it has more.
+STREAM_CHUNKS = 1024
+# Sources whose stored records are read at once when looking for unchanged ones.
+_SOURCES_PER_READ = 100
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """The documents to index: `first` is iterated once (the survey), `again(position)` reads
+    one again for later passes (None when it can no longer be read: the reader reports it), and
+    `nothing()` is the error when there is no document at all."""
+
+    first: Iterable[Document]
+    again: Callable[[int], Document | None]
+    nothing: Callable[[], DocumentError]
+
+
+@dataclass
+class _Survey:
+    """What the first pass learns, without keeping any document: each source's documents
+    (positions in the stream, in order) and version, and each document's chunk count."""
+
+    sources: dict[str, list[int]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    counts: list[int] = field(default_factory=list)
+
+
+def _survey(documents: Iterable[Document], chunking: dict[str, int]) -> _Survey:
+    survey = _Survey()
+    hashes: dict[str, VersionHash] = {}
+    size, overlap = chunking[CHUNK_SIZE_KEY], chunking[CHUNK_OVERLAP_KEY]
+    for position, doc in enumerate(documents):
+        if not isinstance(doc, Document):
+            raise TypeError(
+                f"index_documents() takes Document objects, got {type(doc).__name__}; "
+                "load files with load_document(s) first."
+            )
+        if doc.source not in hashes:
+            hashes[doc.source] = VersionHash()
+            hashes[doc.source].add(chunking)
+        hashes[doc.source].add([doc.text, doc.metadata])
+        survey.sources.setdefault(doc.source, []).append(position)
+        survey.counts.append(sum(1 for _ in split_spans(doc.text, size, overlap)))
+    survey.versions = {name: digest.hexdigest() for name, digest in hashes.items()}
+    return survey
+
+
+def _index(
+    stream: _Stream,
+    *,
+    client: ClientAPI,
+    collection: str,
+    model: str | os.PathLike[str] | CDEModel | None,
+    chunking: dict[str, int],
+    seed: int,
+    batch_size: int | None,
+    embedding_cache: str | os.PathLike[str] | None,
+    device: str | None,
+    dtype: DTypeLike,
+    show_progress: bool | None,
+    report: _Reporter,
+    prune: bool,
+    gone: Callable[[str], bool] | None,
+) -> IndexReport:
+    from . import chroma
+    from .chroma.sources import remove_records, stored_ids
+
     # Opened first, so an unusable cache path fails before any fitting.
     cache = EmbeddingCache(embedding_cache) if embedding_cache is not None else None
-    # index_paths passes its own reporter on, so its bars and hooks carry over.
-    report = progress if isinstance(progress, _Reporter) else _Reporter(progress, show_progress)
     try:
-        chunking = {CHUNK_SIZE_KEY: chunk_size, CHUNK_OVERLAP_KEY: chunk_overlap}
-        sources = _by_source(documents)
-        versions = {name: _version(docs, chunking) for name, docs in sources.items()}
+        survey = _survey(stream.first, chunking)
+        report.close()
+        if not survey.counts:
+            raise stream.nothing()
         store = _open_existing(client, collection, chunking, model, device, dtype)
-        stored = {} if store is None else _complete_sources(store, sources)
-        unchanged = {name for name, info in stored.items() if info.version == versions[name]}
-        report("chunk", 0, len(documents))
-        chunks = chunk_documents(
-            [doc for doc in documents if doc.source not in unchanged],
-            chunk_size=chunk_size,
-            chunk_overlap=chunk_overlap,
-        )
-        report("chunk", len(documents), len(documents))
+        stored = {} if store is None else _complete_sources(store, list(survey.versions))
+        unchanged = {
+            name: info.records
+            for name, info in stored.items()
+            if info.version == survey.versions[name]
+        }
+        report("chunk", 0, len(survey.counts))
+        report("chunk", len(survey.counts), len(survey.counts))
+        to_chunk = [
+            position
+            for name, positions in survey.sources.items()
+            if name not in unchanged
+            for position in positions
+        ]
+        chunks = sum(survey.counts[p] for p in to_chunk)
         if not chunks and not unchanged:
             raise DocumentError("Nothing to index: the documents have no text to chunk.")
         new = store is None
         if store is None:
+            corpus = StreamedCorpus(
+                chunks, lambda picks: _texts_at(stream, survey, chunking, picks)
+            )
             store = _create(
                 client,
                 collection,
-                chunks,
+                corpus,
                 chunking,
                 model,
                 seed,
@@ -279,18 +396,16 @@ def index_documents(
                 show_progress,
                 report,
             )
-        out_of_date = [] if new else _out_of_date(store, sources, gone, prune)
-        total = len(chunks) + sum(stored[name].records for name in unchanged)
-        result = chroma.update_sources(
-            store,
-            _updates(chunks, versions),
-            delete=out_of_date if prune else (),
-            # The run's cache wraps the model, which the process may share with other users.
-            embedder=None if cache is None else CachedEmbedder(chroma.get_model(store), cache),
-            batch_size=batch_size,
-            show_progress=False,
-            progress=lambda done, todo: report("store", done + total - todo, total),
-            removing=lambda done, todo: report("remove", done, todo),
+        out_of_date = [] if new else _out_of_date(store, survey.sources, gone, prune)
+        total = chunks + sum(unchanged.values())
+        embedder = None if cache is None else CachedEmbedder(chroma.get_model(store), cache)
+        done, added, stale = _store(
+            stream, survey, unchanged, store, chunking, embedder, batch_size, report, total
+        )
+        if prune:
+            stale += stored_ids(store, out_of_date)
+        removed = remove_records(
+            store, stale, progress=lambda done, todo: report("remove", done, todo)
         )
     except CDEError:
         raise
@@ -305,16 +420,110 @@ def index_documents(
             cache.close()
     return IndexReport(
         collection=collection,
-        files=len(documents),
-        chunks=total,
-        added=result.added,
-        skipped=total - result.added,
+        files=len(survey.counts),
+        chunks=done,
+        added=added,
+        skipped=done - added,
         context=chroma.get_context(store).fingerprint,
         new_collection=new,
-        removed=result.removed,
+        removed=removed,
         pruned=out_of_date if prune else [],
         gone=[] if prune else out_of_date,
     )
+
+
+def _texts_at(
+    stream: _Stream, survey: _Survey, chunking: dict[str, int], picks: list[int]
+) -> list[str]:
+    """The texts of the chunks at `picks` (positions in the list of every chunk, in document
+    order), reading only the documents that hold them."""
+    counts = np.asarray(survey.counts)
+    ends = np.cumsum(counts)
+    holders = np.searchsorted(ends, picks, side="right").tolist()
+    wanted: dict[int, list[int]] = {}
+    for pick, holder in zip(picks, holders, strict=True):
+        wanted.setdefault(holder, []).append(pick)
+    texts: dict[int, str] = {}
+    for position in sorted(wanted):
+        doc = stream.again(position)
+        spans = (
+            []
+            if doc is None
+            else list(split_spans(doc.text, chunking[CHUNK_SIZE_KEY], chunking[CHUNK_OVERLAP_KEY]))
+        )
+        first = int(ends[position] - counts[position])
+        for pick in wanted[position]:
+            if pick - first >= len(spans):
+                raise DocumentError(
+                    "A file changed while the corpus context was being fitted, so the chunks "
+                    "sampled for it are gone; run the same command again."
+                )
+            start, end = spans[pick - first]
+            texts[pick] = doc.text[start:end]  # type: ignore[union-attr]
+    return [texts[pick] for pick in picks]
+
+
+def _store(
+    stream: _Stream,
+    survey: _Survey,
+    unchanged: dict[str, int],
+    store: Collection,
+    chunking: dict[str, int],
+    embedder: CachedEmbedder | None,
+    batch_size: int | None,
+    report: _Reporter,
+    total: int,
+) -> tuple[int, int, list[str]]:
+    """Chunk, embed and write the changed sources a batch at a time (deleting nothing), in
+    survey order. Returns the chunks passed (stored now or before), those added, and the stale
+    ids to remove last."""
+    from .chroma.sources import write_sources
+
+    done = added = 0
+    stale: list[str] = []
+    last: tuple[int, int] | None = None
+    batch: list[Any] = []
+    held = 0
+
+    def flush() -> None:
+        nonlocal done, added, held, last
+
+        def step(stored: int, todo: int) -> None:
+            nonlocal last
+            if todo:  # a batch with nothing to embed reports nothing: it is skipped at once
+                last = (done + held - todo + stored, total)
+                report("store", *last)
+
+        result, old = write_sources(
+            store,
+            batch,
+            embedder=embedder,
+            batch_size=batch_size,
+            show_progress=False,
+            progress=step,
+        )
+        added += result.added
+        stale.extend(old)
+        done += held
+        batch.clear()
+        held = 0
+
+    for source, positions in survey.sources.items():
+        if source in unchanged:
+            done += unchanged[source]
+            continue
+        docs = [stream.again(position) for position in positions]
+        if any(doc is None for doc in docs):
+            continue  # no longer readable (the reader reported it): its chunks are kept
+        batch.append(_records(source, docs, chunking))  # type: ignore[arg-type]
+        held += len(batch[-1].documents)
+        if held >= STREAM_CHUNKS:
+            flush()
+    if batch:
+        flush()
+    if last != (done, done):
+        report("store", done, done)
+    return done, added, stale
 
 
 def _by_source(documents: Sequence[Document]) -> dict[str, list[Document]]:
@@ -362,46 +571,48 @@ def versioned_chunks(
     ]
 
 
-def _complete_sources(store: Collection, sources: dict[str, list[Document]]) -> dict[str, Any]:
-    """Those of `sources` stored as one complete version (`SourceInfo`), from chunk metadata."""
+def _complete_sources(store: Collection, names: list[str]) -> dict[str, Any]:
+    """Those of `names` stored as one complete version (`SourceInfo`), from chunk metadata,
+    read a group of sources at a time so only one group's records are held."""
     from .chroma import list_sources
+    from .chroma.records import in_batches
 
-    return {info.source: info for info in list_sources(store, sources) if info.complete}
+    found = {}
+    for group in in_batches(names, _SOURCES_PER_READ):
+        found.update((info.source, info) for info in list_sources(store, group) if info.complete)
+    return found
 
 
 def _out_of_date(
     store: Collection,
-    sources: dict[str, list[Document]],
+    sources: dict[str, list[int]],
     gone: Callable[[str], bool] | None,
     prune: bool,
 ) -> list[str]:
     """Stored sources not among this run's that `gone` accepts (all when None; none are looked
     for when there is neither `gone` nor `prune`)."""
-    from .chroma import list_sources
+    from .chroma.sources import source_names
 
     if gone is None and not prune:
         return []
-    others = (info.source for info in list_sources(store) if info.source not in sources)
+    others = sorted(source_names(store) - sources.keys())
     return [name for name in others if gone is None or gone(name)]
 
 
-def _updates(chunks: list[Chunk], versions: dict[str, str]) -> list[Any]:
-    """One `SourceRecords` per source, with its chunks in order."""
+def _records(source: str, docs: list[Document], chunking: dict[str, int]) -> Any:
+    """A source's `SourceRecords`: its documents' chunks in order, labelled with its version."""
     from .chroma import SourceRecords
 
-    grouped: dict[str, list[Chunk]] = {}
-    for chunk in chunks:
-        grouped.setdefault(chunk.source, []).append(chunk)
-    return [
-        SourceRecords(
-            source,
-            [c.text for c in group],
-            ids=[c.id for c in group],
-            metadatas=[c.metadata for c in group],
-            version=versions[source],
-        )
-        for source, group in grouped.items()
-    ]
+    chunks = chunk_documents(
+        docs, chunk_size=chunking[CHUNK_SIZE_KEY], chunk_overlap=chunking[CHUNK_OVERLAP_KEY]
+    )
+    return SourceRecords(
+        source,
+        [c.text for c in chunks],
+        ids=[c.id for c in chunks],
+        metadatas=[c.metadata for c in chunks],
+        version=_version(docs, chunking),
+    )
 
 
 # Below this much free space, a failed write to the store or the cache is put down to a full
@@ -473,7 +684,7 @@ def _open_existing(
 def _create(
     client: ClientAPI,
     name: str,
-    chunks: list[Chunk],
+    corpus: StreamedCorpus,
     chunking: dict[str, int],
     model: str | os.PathLike[str] | CDEModel | None,
     seed: int,
@@ -482,7 +693,7 @@ def _create(
     show_progress: bool | None,
     report: _Reporter,
 ) -> Collection:
-    """A new collection whose context is fitted on all `chunks`."""
+    """A new collection whose context is fitted on all chunks (`corpus`)."""
     from . import chroma
 
     report("context", 0, 1)
@@ -490,7 +701,7 @@ def _create(
         client,
         name,
         model=model if model is not None else chroma.DEFAULT_MODEL,
-        corpus=[c.text for c in chunks],
+        corpus=corpus,
         seed=seed,
         device=device,
         dtype=dtype,

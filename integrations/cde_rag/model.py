@@ -28,8 +28,10 @@ from .checkpoint import ResolvedCheckpoint, resolve_checkpoint
 from .context import (
     DEFAULT_SEED,
     CorpusContext,
+    StreamedCorpus,
     model_mismatch_message,
     sample_minicorpus,
+    sample_positions,
 )
 from .errors import (
     CheckpointError,
@@ -290,18 +292,23 @@ class CDEModel:
 
     def fit_context(
         self,
-        corpus: Sequence[str],
+        corpus: Sequence[str] | StreamedCorpus,
         seed: int = DEFAULT_SEED,
         *,
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> CorpusContext:
         """Sample N documents of `corpus` (the spec's rule) and embed them as the context."""
-        corpus = check_texts(corpus, "corpus")
-        minicorpus = sample_minicorpus(corpus, self.corpus_size, seed)
+        if isinstance(corpus, StreamedCorpus):
+            picks = sample_positions(corpus.length, self.corpus_size, seed)
+            minicorpus, source_size = check_texts(corpus.read(picks), "corpus"), corpus.length
+        else:
+            corpus = check_texts(corpus, "corpus")
+            minicorpus = sample_minicorpus(corpus, self.corpus_size, seed)
+            source_size = len(corpus)
         embeddings = self._dataset_embeddings(minicorpus, batch_size, show_progress)
         return self._new_context(
-            embeddings, "fitted", minicorpus, seed=seed, source_size=len(corpus)
+            embeddings, "fitted", minicorpus, seed=seed, source_size=source_size
         )
 
     def context(

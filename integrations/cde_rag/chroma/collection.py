@@ -20,7 +20,7 @@ from chromadb.api.models.Collection import Collection
 from chromadb.errors import NotFoundError
 
 from .._adapters import DEFAULT_MODEL
-from ..context import DEFAULT_SEED, CorpusContext
+from ..context import DEFAULT_SEED, CorpusContext, StreamedCorpus
 from ..errors import CDEError, CheckpointError, ContextError, ContextMismatchError
 from ..model import CDEModel, DTypeLike, shared_model
 from ._compat import embedding_function_of, scope_of
@@ -169,7 +169,7 @@ def create_collection(
     name: str,
     *,
     model: ModelSource = DEFAULT_MODEL,
-    corpus: Sequence[str] | None = None,
+    corpus: Sequence[str] | StreamedCorpus | None = None,
     context: CorpusContext | None = None,
     seed: int = DEFAULT_SEED,
     revision: str | None = None,

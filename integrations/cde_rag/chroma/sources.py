@@ -15,7 +15,7 @@ what an uninterrupted run leaves.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -140,12 +140,39 @@ def update_sources(
     batches), and `delete_source` for those in `delete`. `progress(done, total)` follows the
     embedding, `removing(done, total)` the deletes, which come last (only when there are some).
     """
-    plans = [_checked(update, batch_size) for update in updates]
     gone = sorted(set(delete))
+    result, stale = write_sources(
+        collection,
+        updates,
+        also_named=gone,
+        embedder=embedder,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        progress=progress,
+    )
+    stale += stored_ids(collection, gone)
+    return replace(result, removed=remove_records(collection, stale, progress=removing))
+
+
+def write_sources(
+    collection: Collection,
+    updates: Sequence[SourceRecords],
+    *,
+    also_named: Sequence[str] = (),
+    embedder: Embedder | None = None,
+    batch_size: int | None = None,
+    show_progress: bool | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[SyncResult, list[str]]:
+    """The writing half of `update_sources`: store and relabel, delete nothing. Returns what
+    it did and the stale ids (old versions' records) to hand to `remove_records` last, so a
+    caller updating sources a batch at a time still deletes only after every write.
+    `also_named` are sources the caller deletes in the same update (refused here as well)."""
+    plans = [_checked(update, batch_size) for update in updates]
     named = [plan.source for plan in plans]
-    if len(set(named)) != len(named) or set(named) & set(gone):
+    if len(set(named)) != len(named) or set(named) & set(also_named):
         raise InputError("Each source may be updated or deleted once per call.")
-    stored = _stored(collection, [*named, *gone])
+    stored = _stored(collection, named)
 
     unchanged: list[str] = []
     kept = 0
@@ -182,17 +209,38 @@ def update_sources(
     for batch in in_batches(relabel, page):
         collection.update(ids=[i for i, _ in batch], metadatas=[m for _, m in batch])
     kept += sum(len(set(plan.ids)) for plan in todo) - added
-
     stale = [i for plan in todo for i in plan.stale()]
-    stale += [i for source in gone for i in stored.get(source, {})]
-    if removing is not None and stale:
-        removing(0, len(stale))
-    for done, batch in enumerate(in_batches(stale, page), 1):
+    return SyncResult(added=added, kept=kept, unchanged_sources=unchanged), stale
+
+
+def remove_records(
+    collection: Collection, ids: Sequence[str], *, progress: ProgressCallback | None = None
+) -> int:
+    """Delete `ids` in pages, counting them as removed since the fit; `progress(done, total)`
+    after each page (not called when there is nothing to delete). Returns how many."""
+    page = server_of(collection).get_max_batch_size()
+    if progress is not None and ids:
+        progress(0, len(ids))
+    for done, batch in enumerate(in_batches(ids, page), 1):
         collection.delete(ids=list(batch))
         count_removed(collection, len(batch))
-        if removing is not None:
-            removing(min(done * page, len(stale)), len(stale))
-    return SyncResult(added=added, kept=kept, removed=len(stale), unchanged_sources=unchanged)
+        if progress is not None:
+            progress(min(done * page, len(ids)), len(ids))
+    return len(ids)
+
+
+def stored_ids(collection: Collection, sources: Iterable[str]) -> list[str]:
+    """The ids of every record of `sources`."""
+    return [i for records in _stored(collection, sources).values() for i in records]
+
+
+def source_names(collection: Collection) -> set[str]:
+    """The names of every source stored, read in pages of metadata: memory grows with the
+    number of sources, not of records."""
+    names: set[str] = set()
+    for _, metadatas in _pages(collection, None):
+        names.update(m[SOURCE_KEY] for m in metadatas if isinstance((m or {}).get(SOURCE_KEY), str))
+    return names
 
 
 # -- what is stored ---------------------------------------------------------------------------
@@ -203,7 +251,6 @@ _Stored = tuple[tuple[Any, Any], tuple[str, ...]]
 
 def _stored(collection: Collection, sources: Iterable[str] | None) -> dict[str, dict[str, _Stored]]:
     """The stored records of `sources` (all sources when None), by source and id."""
-    page = server_of(collection).get_max_batch_size()
     names = None if sources is None else sorted(set(sources))
     if names is not None and not names:
         return {}
@@ -214,13 +261,8 @@ def _stored(collection: Collection, sources: Iterable[str] | None) -> dict[str, 
     key_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
     for group in groups:
         where = None if group is None else {SOURCE_KEY: {"$in": list(group)}}
-        offset = 0
-        while True:
-            got = collection.get(where=where, include=["metadatas"], limit=page, offset=offset)  # type: ignore[list-item]
-            if not got["ids"]:
-                break
-            offset += len(got["ids"])
-            for record_id, meta in zip(got["ids"], got["metadatas"] or [], strict=True):
+        for page_ids, metadatas in _pages(collection, where):
+            for record_id, meta in zip(page_ids, metadatas, strict=True):
                 source = (meta or {}).get(SOURCE_KEY)
                 if not isinstance(source, str):
                     continue
@@ -231,6 +273,18 @@ def _stored(collection: Collection, sources: Iterable[str] | None) -> dict[str, 
                     key_sets.setdefault(keys, keys),
                 )
     return found
+
+
+def _pages(collection: Collection, where: dict[str, Any] | None) -> Iterator[tuple[list, list]]:
+    """(ids, metadatas) of the records `where` selects, a page at a time."""
+    page = server_of(collection).get_max_batch_size()
+    offset = 0
+    while True:
+        got = collection.get(where=where, include=["metadatas"], limit=page, offset=offset)  # type: ignore[list-item]
+        if not got["ids"]:
+            return
+        offset += len(got["ids"])
+        yield got["ids"], got["metadatas"] or [None] * len(got["ids"])
 
 
 def _info(source: str, records: dict[str, _Stored]) -> SourceInfo:
