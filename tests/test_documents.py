@@ -407,3 +407,13 @@ def test_offsets_in_repetitive_text_fit_together(text, size, overlap):
     assert starts == sorted(starts)
     for chunk, start in zip(chunks, starts):
         assert text[start : start + len(chunk.text)] == chunk.text
+
+
+def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch):
+    """`load_documents("~/notes")` from Python reads what `cde-rag index ~/notes` reads."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "plan.md").write_text("Ship on Friday.")
+    loaded = load_documents("~/notes")
+    assert [doc.source for doc in loaded.documents] == ["notes/plan.md"]
+    assert loaded.skipped == []

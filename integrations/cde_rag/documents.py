@@ -218,7 +218,7 @@ def list_files(
         paths = [paths]
     entries: list[FileEntry] = []
     for given in paths:
-        path = Path(given)
+        path = Path(given).expanduser()  # "~/notes" from Python, as a shell would
         if path.is_dir():
             _walk(path, recursive, entries, skipped)
         elif path.exists() or path.is_symlink():

@@ -220,7 +220,7 @@ def _gone_from(paths: Iterable[str | os.PathLike[str]]) -> Callable[[str], bool]
     when no folder given under that name still has that path."""
     folders: dict[str, list[Path]] = {}
     for given in paths:
-        path = Path(given)
+        path = Path(given).expanduser()
         if path.is_dir():
             folders.setdefault(path.resolve().name or "root", []).append(path)
 
