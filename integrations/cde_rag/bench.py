@@ -29,7 +29,6 @@ from .bench_flops import achieved, format_flops, matmul_peak, model_flops
 from .bench_ingest import format_ingest, ingest_benchmark
 from .bench_query import ForwardTimer
 from .paths import asset
-from .reference import PaddedReference
 
 # cde-small-v2 = ModernBERT-base backbone twice, N = 512.
 REAL_SIZES: dict[str, int] = {
@@ -267,6 +266,7 @@ def run_benchmark(
     from tqdm.auto import tqdm
 
     from .model import CDEModel, _dtype_name
+    from .reference import PaddedReference
     from .tokenization import DOCUMENT_PREFIX, QUERY_PREFIX
 
     s = settings
