@@ -206,7 +206,10 @@ class Section:
         request = {"line": block.line, "code": code, "env": self.env}
         self.python.stdin.write(json.dumps(request) + "\n")
         self.python.stdin.flush()
-        ready, _, _ = select.select([self.answers], [], [], BLOCK_TIMEOUT_S)
+        # poll, not select: a long test session can hold more than 1024 descriptors.
+        waiting = select.poll()
+        waiting.register(self.answers, select.POLLIN)
+        ready = waiting.poll(BLOCK_TIMEOUT_S * 1000)
         line = self.answers.readline() if ready else ""
         output = self.log.read_bytes()[start:].decode(errors="replace")
         if not line:
